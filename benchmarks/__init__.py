@@ -1,0 +1,1 @@
+"""Benchmark definitions: presets (YAML), pair sets, published numbers, speed benchmarks."""

@@ -1,0 +1,103 @@
+"""The Distiller base class: a student, a frozen teacher, and named weighted losses."""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from kdbench.models import FeatureModel
+
+
+@dataclass
+class NoConfig:
+    """A distiller without hyperparameters."""
+
+
+@dataclass
+class TaskConfig:
+    """Weight of the ground-truth loss; every distiller config extends this."""
+
+    gt_weight: float = 1.0
+
+
+class DistillOutput(NamedTuple):
+    logits: torch.Tensor                 # student logits
+    losses: Dict[str, torch.Tensor]      # name -> weighted scalar loss; the loop sums them
+
+
+class Distiller(nn.Module):
+    """Base of every method.
+
+    Invariants: the teacher is frozen (`requires_grad=False`) and in eval mode whatever
+    `train()` is called with; every parameter outside `student` and `teacher` is an extra
+    (training-only) parameter; `student_state()` is the deployable student.
+
+    Subclasses set `Config` (a dataclass of hyperparameters with defaults), implement
+    `forward(images, labels) -> DistillOutput`, and build extra modules in `__init__` from
+    `self.student.stage_specs` / `self.teacher.stage_specs` (never from model classes).
+    """
+
+    Config = TaskConfig
+    requires_teacher = True
+
+    def __init__(self, student: FeatureModel, teacher: Optional[FeatureModel], cfg, *,
+                 num_classes: int, criterion: Callable):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.criterion = criterion
+        self.epoch, self.epochs = 0, 1
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def set_progress(self, epoch: int, epochs: int):
+        """Called by the loop at the start of each epoch (0-based), for warm-ups."""
+        self.epoch, self.epochs = epoch, epochs
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> DistillOutput:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    def gt_loss(self, logits, labels):
+        return self.cfg.gt_weight * self.criterion(logits, labels)
+
+    @torch.no_grad()
+    def teacher_logits(self, images):
+        return self.teacher.logits(images)
+
+    # -- parameters and state ----------------------------------------------------------
+    def extra_named_parameters(self):
+        return [(n, p) for n, p in self.named_parameters()
+                if not n.startswith(("student.", "teacher."))]
+
+    @property
+    def num_extra_params(self) -> int:
+        return sum(p.numel() for _, p in self.extra_named_parameters())
+
+    @property
+    def num_student_params(self) -> int:
+        return sum(p.numel() for p in self.student.parameters())
+
+    def trainable_state(self) -> Dict[str, torch.Tensor]:
+        """Everything a checkpoint needs: student, extra modules and buffers, never the teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state(self, state: Dict[str, torch.Tensor]):
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the distiller: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+    def student_state(self) -> Dict[str, torch.Tensor]:
+        return self.student.model.state_dict()

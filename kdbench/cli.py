@@ -1,0 +1,252 @@
+"""`kdbench` command line (contract: DESIGN.md §6)."""
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List
+
+from . import __version__
+from .errors import UsageError, unknown_choice
+
+
+def log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):          # argparse's own usage errors: one line, exit 2
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kdbench", description="Knowledge-distillation benchmark for heterogeneous architectures.")
+    p.add_argument("--version", action="version", version=f"kdbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("list", help="list distillers, pairs, models or presets")
+    ls.add_argument("what", choices=["distillers", "pairs", "models", "presets"])
+    ls.add_argument("--preset", default="tiny")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--plugin", action="append", default=[])
+
+    def common(q):
+        q.add_argument("--pairs", default="all", help="all | SET | T:S[,T:S..]")
+        q.add_argument("--preset", default="tiny")
+        q.add_argument("--out", default="runs")
+        q.add_argument("--data-root", default=None)
+        q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        q.add_argument("--plugin", action="append", default=[])
+
+    run = sub.add_parser("run", help="train a grid of distillers x pairs x seeds")
+    run.add_argument("--distiller", required=True, help="NAME[,NAME..] | all")
+    common(run)
+    run.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the preset's")
+    run.add_argument("--fresh", action="store_true", help="discard existing records and checkpoints of these runs")
+
+    teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
+    common(teach)
+    return p
+
+
+def main(argv: List[str] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach}[args.command](args)
+    except UsageError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log("kdbench: interrupted; rerun the same command to resume")
+        return 130
+
+
+# -- list ---------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from .config import load_preset, preset_names
+    from .registry import DISTILLERS, load_plugin
+    for module in args.plugin:
+        load_plugin(module)
+    if args.what == "distillers":
+        rows = [{"name": n, "config": {f.name: f.default for f in dataclasses.fields(DISTILLERS.get(n).Config)
+                                        if f.default is not dataclasses.MISSING}} for n in DISTILLERS.names()]
+        _emit(rows, args.json, lambda r: f"{r['name']:12s} {r['config']}")
+    elif args.what == "presets":
+        rows = [{"name": n, "description": load_preset(n).description.strip()} for n in preset_names()]
+        _emit(rows, args.json, lambda r: f"{r['name']:8s} {r['description']}")
+    elif args.what == "pairs":
+        from .grid import pair_sets
+        preset = load_preset(args.preset)
+        rows = []
+        for set_name, pairs in pair_sets().items():
+            if set_name not in ("all", "imagenet"):
+                continue
+            for p in pairs:
+                if p.teacher in preset.models and p.student in preset.models:
+                    t, s = p.scaled(preset)
+                    rows.append({"teacher": t, "student": s, "set": set_name if set_name == "imagenet" else p.set,
+                                 "paper_teacher": p.teacher, "paper_student": p.student})
+        _emit(rows, args.json, lambda r: f"{r['teacher']:32s} -> {r['student']:32s} [{r['set']}]")
+    else:
+        import timm
+        from .models import zoo  # noqa: F401
+        preset = load_preset(args.preset)
+        rows = [{"name": n, "paper_model": k} for k, n in sorted(preset.models.items())]
+        rows += [{"name": n, "paper_model": None} for n in timm.list_models("kdbench_*")
+                 if n not in preset.models.values()]
+        _emit(rows, args.json, lambda r: f"{r['name']:36s} {r['paper_model'] or ''}")
+    return 0
+
+
+def _emit(rows, as_json, fmt):
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(fmt(r))
+
+
+# -- run / teach ---------------------------------------------------------------------------
+class Plan:
+    """A validated grid: everything is checked before anything is written."""
+
+    def __init__(self, args, distillers: List[str]):
+        from .config import RunConfig, apply_overrides, build, load_preset, parse_overrides
+        from .data import resolve_root
+        from .engine import resolve_device
+        from .grid import parse_seeds, resolve_pairs
+        from .registry import DISTILLERS, load_plugin
+        for module in args.plugin:
+            load_plugin(module)
+        self.preset = load_preset(args.preset)
+        self.pairs = resolve_pairs(args.pairs, self.preset)
+        overrides = parse_overrides(args.overrides)
+        self.data = apply_overrides(self.preset.data, overrides, "data")
+        if args.data_root is not None:
+            self.data = dataclasses.replace(self.data, root=args.data_root)
+        resolve_root(self.data.dataset, self.data.root)       # missing data: fail now, write nothing
+        self.teacher_cfg = apply_overrides(self.preset.teacher, overrides, "teacher")
+        compile_ = overrides.get("compile", False)
+        if not isinstance(compile_, bool):
+            raise UsageError(f"bad value {compile_!r} for compile: must be true or false")
+        self.device = resolve_device(args.device)
+        self.out = Path(args.out)
+        self.seeds = parse_seeds(args.seeds) if getattr(args, "seeds", None) else list(range(self.preset.seeds))
+        self.runs = []
+        from .teachers import model_kind
+        for pair in self.pairs:
+            teacher, student = pair.scaled(self.preset)
+            recipe = apply_overrides(getattr(self.preset, model_kind(student, self.data.img_size)), overrides, "recipe")
+            for name in distillers:
+                cls = DISTILLERS.get(name)
+                dcfg = build(cls.Config, dict(self.preset.distillers.get(name, {})), f"distiller {name}")
+                dcfg = apply_overrides(dcfg, overrides, "distiller")
+                for seed in self.seeds:
+                    self.runs.append(RunConfig(preset=self.preset.name, teacher=teacher, student=student,
+                                               seed=seed, distiller=name, distiller_config=dcfg, recipe=recipe,
+                                               data=self.data, teacher_config=self.teacher_cfg,
+                                               compile=compile_))
+        if not distillers:
+            for pair in self.pairs:
+                self.teacher_names = None
+        self.teachers = list(dict.fromkeys(p.scaled(self.preset)[0] for p in self.pairs))
+
+
+def cmd_run(args) -> int:
+    from .registry import DISTILLERS
+    names = [n.strip() for n in args.distiller.split(",") if n.strip()]
+    if names == ["all"]:
+        names = DISTILLERS.names()
+    for n in names:
+        DISTILLERS.get(n)
+    plan = Plan(args, list(dict.fromkeys(names)))
+    return execute(plan, fresh=args.fresh)
+
+
+def cmd_teach(args) -> int:
+    from .teachers import get_teacher
+    plan = Plan(args, [])
+    for teacher in plan.teachers:
+        get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
+                    log=log, verify=True)
+    return 0
+
+
+def execute(plan: Plan, fresh: bool = False) -> int:
+    from .grid import run_dir
+    from .registry import DISTILLERS
+    from .results import read_record
+    todo, skipped = [], 0
+    for run in plan.runs:
+        rdir = run_dir(plan.out, run.preset, run.teacher, run.student, run.distiller, run.seed)
+        rec = None if fresh else read_record(rdir)
+        if rec is not None and rec.get("status") == "done":
+            if rec.get("config_hash") != run.hash():
+                raise UsageError(f"{rdir}/result.json was produced with a different configuration "
+                                 f"(hash {rec.get('config_hash')} != {run.hash()}); use --fresh or another --out")
+            skipped += 1
+            continue
+        todo.append((run, rdir))
+    if fresh:
+        for _, rdir in todo:
+            shutil.rmtree(rdir, ignore_errors=True)
+    log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
+    # Order: by teacher, so each teacher is trained (or loaded) once and then reused.
+    order = {t: i for i, t in enumerate(plan.teachers)}
+    todo.sort(key=lambda x: order[x[0].teacher])
+    teachers, failed, t0 = {}, 0, time.perf_counter()
+    for k, (run, rdir) in enumerate(todo, 1):
+        label = f"[{k}/{len(todo)}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
+        log(label)
+        try:
+            teacher, manifest = None, None
+            if DISTILLERS.get(run.distiller).requires_teacher:
+                if run.teacher not in teachers:
+                    teachers = {run.teacher: _teacher(plan, run.teacher)}   # keep one teacher in memory
+                teacher, manifest = teachers[run.teacher]
+                if isinstance(teacher, Exception):
+                    raise teacher
+            record = _train(run, rdir, plan, teacher, manifest, label)
+        except UsageError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failed run never stops the grid
+            failed += 1
+            record = _failed_record(run, exc)
+            log(f"  FAILED: {record['error']}")
+        from .results import atomic_write_json
+        atomic_write_json(rdir / "result.json", record)
+    log(f"kdbench: finished {len(todo)} runs in {time.perf_counter() - t0:.0f}s, {failed} failed; "
+        f"records under {plan.out / plan.preset.name}")
+    return 1 if failed else 0
+
+
+def _teacher(plan: Plan, name: str):
+    from .teachers import get_teacher
+    try:
+        return get_teacher(plan.preset, name, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device, log=log)
+    except UsageError:
+        raise
+    except Exception as exc:
+        return exc, None
+
+
+def _train(run, rdir, plan, teacher, manifest, label):
+    from .engine import Trainer
+    trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
+                      teacher_top1=manifest["top1"] if manifest else None, log=log, label=label)
+    return trainer.fit()
+
+
+def _failed_record(run, exc) -> dict:
+    from .results import SCHEMA
+    return {"schema": SCHEMA, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8), "distiller": run.distiller, "teacher": run.teacher,
+            "student": run.student, "preset": run.preset, "dataset": run.data.dataset, "seed": run.seed,
+            "config": run.to_dict(), "config_hash": run.hash()}

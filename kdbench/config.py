@@ -1,0 +1,250 @@
+"""Typed configuration: recipes, presets (YAML) and `--set a.b=c` overrides."""
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Dict, List, Optional
+
+import yaml
+
+from .data import DATASETS, DataConfig
+from .errors import UsageError, unknown_choice
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class RecipeConfig:
+    """The training recipe of one run (OFA/PAT's cnn.yaml / vit_mlp.yaml at paper scale)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-4
+    min_lr: float = 0.0
+    schedule: str = "cosine"         # cosine | step (x step_gamma every step_epochs), per step
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.1
+    clip_grad: float = 0.0           # max grad norm; 0 = off
+    ema_decay: float = 0.0           # student EMA; 0 = off
+    mixup: float = 0.0               # Beta alpha; 0 = off
+    cutmix: float = 0.0
+    amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True       # for families that profit (resnet, mobilenetv2)
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "recipe.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "recipe.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.eval_batch_size >= 1, "recipe.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.optimizer in OPTIMIZERS, "recipe.optimizer", self.optimizer, " or ".join(OPTIMIZERS))
+        _check(self.schedule in ("cosine", "step"), "recipe.schedule", self.schedule, "cosine or step")
+        _check(self.lr > 0, "recipe.lr", self.lr, "> 0")
+        for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup", "cutmix"):
+            _check(getattr(self, name) >= 0, f"recipe.{name}", getattr(self, name), ">= 0")
+        _check(0 <= self.label_smoothing < 1, "recipe.label_smoothing", self.label_smoothing, "in [0, 1)")
+        _check(0 <= self.ema_decay < 1, "recipe.ema_decay", self.ema_decay, "in [0, 1)")
+
+
+@dataclass
+class TeacherConfig:
+    """Where teachers come from: trained by kdbench (cached) or loaded from checkpoints."""
+
+    source: str = "train"                    # train | checkpoint
+    checkpoint_dir: Optional[str] = None     # for source=checkpoint ($KDBENCH_TEACHERS if unset)
+    file_pattern: str = "{model}_cifar100.pth"
+    files: Dict[str, str] = field(default_factory=dict)   # paper model -> file, overrides the pattern
+    seed: int = 0
+    train_limit: Optional[int] = None        # teachers may see more data than students (None = same)
+    min_top1: float = 0.0                    # refuse to distil from a weaker teacher
+    cnn: RecipeConfig = field(default_factory=RecipeConfig)
+    vit_mlp: RecipeConfig = field(default_factory=RecipeConfig)
+
+    def __post_init__(self):
+        _check(self.source in ("train", "checkpoint"), "teacher.source", self.source, "train or checkpoint")
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    data: DataConfig
+    models: Dict[str, str]                   # paper timm name -> member at this scale
+    cnn: RecipeConfig                        # recipe for CNN students
+    vit_mlp: RecipeConfig                    # recipe for ViT/MLP students
+    teacher: TeacherConfig
+    distillers: Dict[str, dict] = field(default_factory=dict)   # per-method defaults
+    seeds: int = 3
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines one run; `to_dict()` is the record's `config`."""
+
+    preset: str
+    teacher: str                 # timm names at the preset's scale
+    student: str
+    seed: int
+    distiller: str
+    distiller_config: object
+    recipe: RecipeConfig
+    data: DataConfig
+    teacher_config: TeacherConfig
+    compile: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"preset": self.preset, "teacher": self.teacher, "student": self.student, "seed": self.seed,
+             "distiller": {"name": self.distiller, **dataclasses.asdict(self.distiller_config)},
+             "recipe": dataclasses.asdict(self.recipe), "data": dataclasses.asdict(self.data),
+             "teacher_config": dataclasses.asdict(self.teacher_config), "compile": self.compile}
+        d["data"].pop("root")          # where the data lives does not change the result
+        d["data"].pop("workers")
+        d["teacher_config"].pop("checkpoint_dir")
+        return d
+
+    def hash(self) -> str:
+        return config_hash(self.to_dict())
+
+
+def config_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check(ok, key, value, valid):
+    if not ok:
+        raise UsageError(f"bad value {value!r} for {key}: must be {valid}")
+
+
+# -- presets ------------------------------------------------------------------------------
+def preset_names() -> List[str]:
+    files = resources.files("benchmarks").joinpath("presets").iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> Preset:
+    if name not in preset_names():
+        raise unknown_choice("preset", name, preset_names())
+    text = resources.files("benchmarks").joinpath("presets", f"{name}.yaml").read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"preset '{name}' is not valid YAML: {exc}") from exc
+    return build(Preset, raw, f"preset {name}")
+
+
+def build(cls, raw, where: str):
+    """Instantiate dataclass `cls` from a YAML mapping, recursively, with type checks."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise unknown_choice(f"key in {where}", sorted(unknown)[0], names)
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"{where}: {exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from exc
+
+
+def coerce(value, tp, key: str):
+    """Check/convert a YAML value to type `tp` (bool, int, float, str, Optional, tuple, dict, dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (dict, Dict) or tp is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"bad value {value!r} for {key}: must be a mapping")
+        return value
+    if origin in (tuple, list) or tp in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"bad value {value!r} for {key}: must be a list")
+        args = typing.get_args(tp)
+        inner = args[0] if args else None
+        return tuple(coerce(v, inner, key) for v in value) if inner not in (None, Ellipsis) else tuple(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise UsageError(f"bad value {value!r} for {key}: must be {tp.__name__}")
+
+
+# -- --set overrides ----------------------------------------------------------------------
+SECTIONS = ("distiller", "recipe", "data", "teacher", "compile")
+
+
+def parse_overrides(items: List[str]) -> Dict[str, object]:
+    """["a.b=1", ...] -> {"a.b": 1}; values are parsed as YAML scalars (true, 3, 1e-3, text)."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"malformed --set '{item}': expected key=value, e.g. recipe.epochs=3")
+        if key.split(".")[0] not in SECTIONS:
+            raise unknown_choice("--set section", key.split(".")[0], SECTIONS)
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key] = text
+    return out
+
+
+def apply_overrides(obj, overrides: Dict[str, object], section: str):
+    """Return a copy of dataclass `obj` with the `section.`-prefixed overrides applied."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] != section:
+            continue
+        if len(parts) < 2:
+            raise UsageError(f"--set {key}: name a field, e.g. {section}.<field>=value")
+        obj = _set_path(obj, parts[1:], value, key)
+    return obj
+
+
+def _set_path(obj, parts, value, key):
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise unknown_choice(f"key '{key}'; field", parts[0], names)
+    tp = typing.get_type_hints(type(obj))[parts[0]]
+    if len(parts) > 1:
+        child = getattr(obj, parts[0])
+        if not dataclasses.is_dataclass(child):
+            raise UsageError(f"--set {key}: '{parts[0]}' has no sub-fields")
+        new = _set_path(child, parts[1:], value, key)
+    else:
+        new = coerce(value, tp, key)
+    try:
+        return dataclasses.replace(obj, **{parts[0]: new})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--set {key}: {exc}") from exc
+
+
+def validate_dataset(name: str):
+    if name not in DATASETS:
+        raise unknown_choice("dataset", name, DATASETS)

@@ -1,0 +1,269 @@
+"""The one training loop shared by every distiller (and by teacher training)."""
+
+import copy
+import math
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import RecipeConfig, RunConfig
+from .data import build_loaders
+from .errors import UsageError
+from .models import FeatureModel, create_feature_model
+from .registry import DISTILLERS
+from .results import PROTOCOL, SCHEMA, atomic_torch_save, atomic_write_bytes, versions
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN/inf: the run is failed, not averaged."""
+
+
+def make_criterion(label_smoothing: float) -> Callable:
+    """CE with label smoothing for hard labels; soft-target CE for mixup/cutmix targets."""
+    def criterion(logits, target):
+        logits = logits.float()
+        if target.dtype.is_floating_point:
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return criterion
+
+
+def lr_at(step: int, total: int, warmup: int, r: RecipeConfig) -> float:
+    """Per-step schedule: linear warm-up from warmup_lr, then cosine (or step decay) to min_lr."""
+    if step < warmup:
+        return r.warmup_lr + (r.lr - r.warmup_lr) * step / warmup
+    if r.schedule == "step":
+        return max(r.lr * r.step_gamma ** (step * r.epochs // max(total, 1) // r.step_epochs), r.min_lr)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(distiller, weight_decay: float):
+    """No weight decay on 1-D parameters and on the student's `no_weight_decay()` set."""
+    nwd = getattr(distiller.student.model, "no_weight_decay", lambda: set())()
+    decay, no_decay = [], []
+    for name, p in distiller.named_parameters():
+        if not p.requires_grad:
+            continue
+        local = name[len("student.model."):] if name.startswith("student.model.") else None
+        (no_decay if p.ndim <= 1 or local in nwd else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups, r: RecipeConfig, device: torch.device):
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov and r.momentum > 0, **fast)
+    return torch.optim.AdamW(groups, lr=r.lr, **fast)
+
+
+class StudentEMA:
+    """Exponential moving average of the student's weights (buffers copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        ema_p = list(self.model.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@torch.inference_mode()
+def evaluate(model: Callable, loader, device, autocast) -> Dict[str, float]:
+    """Top-1/top-5 (percent) of `model(images) -> logits` over the whole loader."""
+    correct1 = correct5 = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for images, labels in loader.epoch(0):
+        with autocast():
+            logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == labels[:, None]
+        correct1 = correct1 + hit[:, 0].sum()
+        correct5 = correct5 + hit.any(dim=1).sum()
+        n += labels.shape[0]
+    return {"top1": 100.0 * correct1.item() / max(n, 1), "top5": 100.0 * correct5.item() / max(n, 1)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; valid here: auto, cpu")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{name}'; valid choices: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Trains one run (a distiller on a pair with a seed) with checkpoint/resume, writes its record."""
+
+    def __init__(self, run: RunConfig, run_dir: Path, *, device: torch.device,
+                 teacher: Optional[FeatureModel] = None, teacher_top1: Optional[float] = None,
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), label: str = ""):
+        self.run, self.run_dir, self.device = run, Path(run_dir), device
+        self.teacher_top1, self.log, self.label = teacher_top1, log, label
+        r = run.recipe
+        cls = DISTILLERS.get(run.distiller)
+        if cls.requires_teacher and teacher is None:
+            raise UsageError(f"distiller '{run.distiller}' needs a teacher")
+        self.train_loader, self.eval_loader, self.info = build_loaders(
+            run.data, batch_size=r.batch_size, device=device, seed=run.seed, mixup=r.mixup, cutmix=r.cutmix,
+            label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size)
+        torch.manual_seed(run.seed)   # same seed => same student init and extras, across distillers
+        student = create_feature_model(run.student, num_classes=self.info.num_classes,
+                                       in_chans=self.info.in_chans, img_size=self.info.img_size)
+        self.distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
+                             num_classes=self.info.num_classes, criterion=make_criterion(r.label_smoothing))
+        self.distiller.to(device)
+        for fm in (student, self.distiller.teacher):
+            if fm is not None and r.channels_last and fm.family.channels_last:
+                fm.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(param_groups(self.distiller, r.weight_decay), r, device)
+        self.ema = StudentEMA(student.model, r.ema_decay) if r.ema_decay > 0 else None
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = r.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(r.warmup_epochs * self.steps_per_epoch))
+        use_amp = r.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+        self.forward = torch.compile(self.distiller) if run.compile else self.distiller
+        self.epoch, self.step, self.history = 0, 0, []
+        self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, wall: float):
+        state = {"config_hash": self.run.hash(), "epoch": self.epoch, "step": self.step,
+                 "history": self.history, "distiller": self.distiller.trainable_state(),
+                 "optimizer": self.optimizer.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                 "train_time": self.train_time, "train_images": self.train_images, "wall": wall}
+        atomic_torch_save(self.run_dir / CHECKPOINT, state)
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            self.log(f"  checkpoint {path} is unreadable ({exc.__class__.__name__}); starting over")
+            return False
+        if state.get("config_hash") != self.run.hash():
+            raise UsageError(f"{path} belongs to a different configuration (hash {state.get('config_hash')} "
+                             f"!= {self.run.hash()}); rerun with --fresh or use another --out")
+        self.distiller.load_trainable_state(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.train_time, self.train_images = state["train_time"], state["train_images"]
+        self.wall_before = state["wall"]
+        return True
+
+    # -- the loop -------------------------------------------------------------------------
+    def train_epoch(self):
+        d, r = self.distiller, self.run.recipe
+        d.train()
+        d.set_progress(self.epoch, r.epochs)
+        params = [p for p in d.parameters() if p.requires_grad]
+        sums: Dict[str, torch.Tensor] = {}
+        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        start, n = time.perf_counter(), 0
+        for images, targets in self.train_loader.epoch(self.epoch):
+            lr = lr_at(self.step, self.total_steps, self.warmup_steps, r)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            with self.autocast():
+                out = self.forward(images, targets)
+            loss = sum(out.losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if r.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, r.clip_grad)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(d.student.model)
+            for k, v in out.losses.items():     # accumulated on device: no host sync per step
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), self.step, bad_step)
+            self.step += 1
+            n += images.shape[0]
+        self.train_time += time.perf_counter() - start
+        self.train_images += n
+        losses = {k: v.item() / self.steps_per_epoch for k, v in sums.items()}
+        if bad_step.item() >= 0:
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            raise NonFiniteLoss(f"non-finite loss at step {bad_step.item()} (epoch {self.epoch + 1}); "
+                                f"non-finite terms over the epoch: {', '.join(bad) or 'total'}")
+        return losses, lr, n / max(time.perf_counter() - start, 1e-9)
+
+    def fit(self) -> dict:
+        t0 = time.perf_counter()
+        if self.try_resume():
+            self.log(f"  {self.label} resumed after epoch {self.epoch}")
+        r = self.run.recipe
+        while self.epoch < r.epochs:
+            losses, lr, ips = self.train_epoch()
+            self.distiller.eval()
+            metrics = evaluate(self.distiller.student.logits, self.eval_loader, self.device, self.autocast)
+            if self.ema is not None:
+                ema = evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
+                metrics.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
+            self.epoch += 1
+            row = {"epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(ips, 1),
+                   "loss": {k: round(v, 6) for k, v in losses.items()}, **metrics}
+            self.history.append(row)
+            wall = self.wall_before + time.perf_counter() - t0
+            self.save_checkpoint(wall)
+            self.write_metrics()
+            self.log(f"  {self.label} epoch {self.epoch}/{r.epochs}  loss {sum(losses.values()):.4f}  "
+                     f"top1 {metrics['top1']:.2f}  {ips:.0f} img/s  {wall:.0f}s")
+        return self.record(self.wall_before + time.perf_counter() - t0)
+
+    def write_metrics(self):
+        import json
+        text = "".join(json.dumps(row) + "\n" for row in self.history)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+
+    def record(self, wall: float) -> dict:
+        last = self.history[-1]
+        best = max(self.history, key=lambda h: h["top1"])
+        run = self.run
+        return {
+            "schema": SCHEMA, "status": "done", "error": None,
+            "distiller": run.distiller, "teacher": run.teacher, "student": run.student,
+            "preset": run.preset, "dataset": self.info.name, "seed": run.seed,
+            "top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"], "best_epoch": best["epoch"],
+            "ema_top1": last.get("ema_top1"), "teacher_top1": self.teacher_top1,
+            "epochs": run.recipe.epochs, "wall_s": round(wall, 2),
+            "train_img_per_s": round(self.train_images / max(self.train_time, 1e-9), 1),
+            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+            "student_params": self.distiller.num_student_params, "extra_params": self.distiller.num_extra_params,
+            "global_batch_size": run.recipe.batch_size, "lr": run.recipe.lr,
+            "num_train": self.info.num_train, "num_test": self.info.num_test,
+            "protocol": PROTOCOL, "config": run.to_dict(), "config_hash": run.hash(),
+            "versions": versions(self.device),
+        }

@@ -1,0 +1,93 @@
+"""Pair sets, grid expansion and run directories."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List
+
+import yaml
+
+from .config import Preset
+from .errors import UsageError, unknown_choice
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A teacher -> student pair in paper (timm) names, plus the named set it belongs to."""
+
+    teacher: str
+    student: str
+    set: str
+
+    def scaled(self, preset: Preset):
+        return scaled_name(self.teacher, preset), scaled_name(self.student, preset)
+
+
+@lru_cache(maxsize=None)
+def _pair_table() -> Dict[str, tuple]:
+    raw = yaml.safe_load(resources.files("benchmarks").joinpath("pairs.yaml").read_text())
+    return {bench: tuple(Pair(*row) for row in rows) for bench, rows in raw.items()}
+
+
+def pair_sets() -> Dict[str, List[Pair]]:
+    """`all` (the 12 CIFAR-100 pairs, paper order), its subsets, `imagenet` (15) and its subsets."""
+    table = _pair_table()
+    sets = {"all": list(table["cifar100"]), "imagenet": list(table["imagenet"])}
+    for pair in table["cifar100"] + table["imagenet"]:
+        sets.setdefault(pair.set, []).append(pair)
+    return sets
+
+
+def scaled_name(paper_name: str, preset: Preset) -> str:
+    if paper_name not in preset.models:
+        raise UsageError(f"model '{paper_name}' has no member in preset '{preset.name}'; "
+                         f"it maps: {', '.join(sorted(preset.models))}")
+    return preset.models[paper_name]
+
+
+def resolve_pairs(spec: str, preset: Preset) -> List[Pair]:
+    """'all', a set name, or 'T:S' items (paper or preset-scale names), comma-separated."""
+    sets = pair_sets()
+    by_scaled = {v: k for k, v in preset.models.items()}
+    pairs: List[Pair] = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if ":" in item:
+            t, s = (x.strip() for x in item.split(":", 1))
+            t, s = by_scaled.get(t, t), by_scaled.get(s, s)
+            for name in (t, s):
+                if name not in preset.models:
+                    raise unknown_choice(f"model at preset '{preset.name}'", name,
+                                         list(preset.models) + list(preset.models.values()))
+            pairs.append(Pair(t, s, "custom"))
+        elif item in sets:
+            pairs.extend(sets[item])
+        else:
+            raise unknown_choice("pair set", item, list(sets) + ["T:S"])
+    if not pairs:
+        raise UsageError("no pairs given; use --pairs all, a set name or TEACHER:STUDENT")
+    for p in pairs:
+        p.scaled(preset)  # every model must exist at this scale
+    return list(dict.fromkeys(pairs))
+
+
+def parse_seeds(spec: str) -> List[int]:
+    """'3' -> [0, 1, 2]; '0,4,7' -> [0, 4, 7]."""
+    try:
+        if "," in spec:
+            seeds = [int(s) for s in spec.split(",") if s.strip()]
+        else:
+            n = int(spec)
+            if n < 1:
+                raise ValueError
+            seeds = list(range(n))
+    except ValueError:
+        raise UsageError(f"bad --seeds '{spec}': a count >= 1 (e.g. 3) or a list (e.g. 0,1,2)") from None
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"bad --seeds '{spec}': seeds must be >= 0")
+    return list(dict.fromkeys(seeds))
+
+
+def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, seed: int) -> Path:
+    """`<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>` (contract, DESIGN.md §7)."""
+    return Path(out) / preset / f"{teacher}__{student}" / distiller / f"seed{seed}"

@@ -1,0 +1,66 @@
+"""A small generic registry with "did you mean" errors and plugin loading."""
+
+import importlib
+from importlib import metadata
+from typing import Callable, Dict, Iterable, Optional
+
+from .errors import UsageError, unknown_choice
+
+
+class Registry:
+    """Name -> object. `register(name)` decorates; `get(name)` fails with the valid choices."""
+
+    def __init__(self, kind: str, entry_point_group: Optional[str] = None, builtins: Iterable[str] = ()):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._builtins = tuple(builtins)   # modules imported on first lookup (self-registering)
+        self._items: Dict[str, object] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable:
+        def decorator(obj):
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is already registered by {self._items[name]!r}")
+            self._items[name] = obj
+            obj.registry_name = name
+            return obj
+        return decorator
+
+    def _load(self):
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self._builtins:
+            importlib.import_module(module)
+        if self.entry_point_group:
+            for ep in metadata.entry_points(group=self.entry_point_group):
+                try:
+                    ep.load()
+                except Exception as exc:  # a broken third-party plugin must name itself
+                    raise UsageError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+
+    def get(self, name: str):
+        self._load()
+        if name not in self._items:
+            raise unknown_choice(self.kind, name, self._items)
+        return self._items[name]
+
+    def names(self):
+        self._load()
+        return sorted(self._items)
+
+    def __contains__(self, name):
+        self._load()
+        return name in self._items
+
+
+def load_plugin(module: str):
+    """Import a user module that registers distillers (`--plugin my_pkg.my_distiller`)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"cannot import plugin module '{module}': {exc}") from exc
+
+
+DISTILLERS = Registry("distiller", "kdbench.distillers", builtins=("distillers",))
+register_distiller = DISTILLERS.register
