@@ -84,6 +84,7 @@ class Preset:
     teacher: TeacherConfig
     distillers: Dict[str, dict] = field(default_factory=dict)   # per-method defaults
     seeds: int = 3
+    pairs: str = "all"                       # what `--pairs all` means here (imagenet: the 15 pairs)
 
 
 @dataclass

@@ -52,6 +52,7 @@ def resolve_pairs(spec: str, preset: Preset) -> List[Pair]:
     by_scaled = {v: k for k, v in preset.models.items()}
     pairs: List[Pair] = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        item = preset.pairs if item == "all" else item
         if ":" in item:
             t, s = (x.strip() for x in item.split(":", 1))
             t, s = by_scaled.get(t, t), by_scaled.get(s, s)

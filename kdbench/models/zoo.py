@@ -86,7 +86,7 @@ def swin_nano_patch4_window7_224(pretrained=False, **kwargs):
 _SMALL_SWIN = dict(patch_size=2, drop_path_rate=0.0)
 MEMBERS = {
     # teachers of the 12 CIFAR pairs
-    "swin_t": {"s": (_swin, dict(embed_dim=48, heads=(2, 4, 8, 16), window_size=7, **_SMALL_SWIN)),
+    "swin_t": {"s": (_swin, dict(embed_dim=32, heads=(2, 4, 8, 16), window_size=7, **_SMALL_SWIN)),
                "xs": (_swin, dict(embed_dim=16, heads=(1, 2, 4, 4), window_size=4, **_SMALL_SWIN))},
     "vit_s": {"s": (_vit, dict(arch="vit_small_patch16_224", embed_dim=128, depth=6, heads=4)),
               "xs": (_vit, dict(arch="vit_small_patch16_224", embed_dim=32, depth=6, heads=2))},

@@ -1,0 +1,72 @@
+"""End-to-end smoke runs through the CLI (the `smoke` preset: procedural data, seconds per run)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdbench.cli import main
+
+PAIRS = "kdbench_vit_s_xs:kdbench_resnet18_xs,kdbench_convnext_t_xs:kdbench_deit_t_xs"
+
+
+def records(root):
+    return sorted((json.loads(p.read_text()) for p in Path(root).rglob("result.json")
+                   if "teachers" not in p.parts), key=lambda r: (r["teacher"], r["student"], r["distiller"]))
+
+
+def test_grid_two_distillers_then_skip_then_config_change(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--distiller", "kd,vanilla", "--pairs", PAIRS, "--preset", "smoke",
+                 "--seeds", "1", "--out", str(out)]) == 0
+    recs = records(out)
+    assert len(recs) == 4 and all(r["status"] == "done" for r in recs)
+    kd = [r for r in recs if r["distiller"] == "kd"]
+    assert all(r["teacher_top1"] is not None and r["extra_params"] == 0 for r in kd)
+    assert (out / "smoke" / "kdbench_vit_s_xs__kdbench_resnet18_xs" / "kd" / "seed0" / "metrics.jsonl").exists()
+    manifest = json.loads((out / "teachers" / "smoke" / "kdbench_vit_s_xs" / "manifest.json").read_text())
+    assert {"architecture", "dataset", "top1", "recipe_hash", "timm_version", "sha256"} <= set(manifest)
+    capsys.readouterr()
+
+    # Second invocation: everything is done, nothing is retrained.
+    assert main(["run", "--distiller", "kd,vanilla", "--pairs", PAIRS, "--preset", "smoke",
+                 "--seeds", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "4 already done, 0 to run" in err and "training" not in err
+
+    # Same cells with another configuration: refused, nothing overwritten.
+    before = (out / "smoke" / "kdbench_vit_s_xs__kdbench_resnet18_xs" / "kd" / "seed0" / "result.json").read_text()
+    assert main(["run", "--distiller", "kd", "--pairs", PAIRS, "--preset", "smoke", "--seeds", "1",
+                 "--out", str(out), "--set", "distiller.temperature=4"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    after = (out / "smoke" / "kdbench_vit_s_xs__kdbench_resnet18_xs" / "kd" / "seed0" / "result.json").read_text()
+    assert before == after
+
+
+def test_failed_run_is_recorded_and_grid_continues(tmp_path, capsys):
+    out = tmp_path / "runs"
+    # lr=1e9 makes the SGD student diverge to a non-finite loss; the ViT pair still trains.
+    code = main(["run", "--distiller", "vanilla", "--pairs", PAIRS, "--preset", "smoke", "--seeds", "1",
+                 "--out", str(out), "--set", "recipe.lr=1e30", "--set", "recipe.label_smoothing=0"])
+    recs = records(out)
+    assert len(recs) == 2
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert code == (1 if failed else 0)
+    for r in failed:
+        assert "non-finite" in r["error"] and r["config_hash"]
+
+
+@pytest.mark.slow
+def test_smoke_grid_all_pairs_kd(tmp_path):
+    """The issue's acceptance command, through the console entry point."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "kd", "--pairs", "all",
+                           "--preset", "smoke", "--seeds", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = records(out)
+    assert len(recs) == 12 and all(r["status"] == "done" for r in recs)
+    assert len({(r["teacher"], r["student"]) for r in recs}) == 12
+    assert len(list((out / "teachers" / "smoke").glob("*/manifest.json"))) == 4

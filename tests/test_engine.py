@@ -1,0 +1,148 @@
+"""The training loop: schedule, parameter groups, resume, determinism, non-finite losses."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from distillers.base import Distiller, DistillOutput, TaskConfig
+from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
+from kdbench.engine import NonFiniteLoss, Trainer, lr_at, make_criterion, param_groups
+from kdbench.models import create_feature_model
+from kdbench.registry import register_distiller
+
+CPU = torch.device("cpu")
+
+
+def smoke_run(distiller="vanilla", student="kdbench_resnet18_xs", seed=0, **recipe):
+    preset = load_preset("smoke")
+    data = dataclasses.replace(preset.data, synthetic_train=256, synthetic_test=64)
+    r = dataclasses.replace(preset.cnn, epochs=2, batch_size=32, eval_batch_size=64, **recipe)
+    return RunConfig(preset="smoke", teacher=student, student=student, seed=seed, distiller=distiller,
+                     distiller_config=TaskConfig(), recipe=r, data=data, teacher_config=TeacherConfig())
+
+
+def test_lr_schedule_warmup_then_cosine():
+    r = RecipeConfig(lr=0.1, warmup_lr=0.0, min_lr=0.001, warmup_epochs=1)
+    assert lr_at(0, 100, 10, r) == 0.0
+    assert lr_at(5, 100, 10, r) == pytest.approx(0.05)
+    assert lr_at(10, 100, 10, r) == pytest.approx(0.1)
+    assert lr_at(55, 100, 10, r) == pytest.approx(0.001 + 0.5 * 0.099)
+    assert lr_at(100, 100, 10, r) == pytest.approx(0.001)
+
+
+def test_step_schedule():
+    r = RecipeConfig(lr=0.1, schedule="step", step_epochs=30, step_gamma=0.1, epochs=100)
+    assert lr_at(0, 1000, 0, r) == pytest.approx(0.1)
+    assert lr_at(299, 1000, 0, r) == pytest.approx(0.1)
+    assert lr_at(300, 1000, 0, r) == pytest.approx(0.01)
+    assert lr_at(650, 1000, 0, r) == pytest.approx(0.001)
+
+
+def test_criterion_label_smoothing_and_soft_targets():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    logp = torch.log_softmax(logits, 1)[0]
+    hard = make_criterion(0.3)(logits, torch.tensor([0]))
+    assert hard.item() == pytest.approx(-(0.8 * logp[0] + 0.1 * logp[1] + 0.1 * logp[2]).item(), rel=1e-6)
+    soft = make_criterion(0.0)(logits, torch.tensor([[0.5, 0.5, 0.0]]))
+    assert soft.item() == pytest.approx(-(0.5 * logp[0] + 0.5 * logp[1]).item(), rel=1e-6)
+
+
+def test_no_weight_decay_on_1d_and_vit_tokens():
+    student = create_feature_model("kdbench_deit_t_xs", num_classes=10, in_chans=3, img_size=16)
+    d = Distiller(student, None, TaskConfig(), num_classes=10, criterion=make_criterion(0.0))
+    decay, no_decay = param_groups(d, 0.05)
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(student.model.pos_embed) in ids and id(student.model.cls_token) in ids
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(student.parameters()))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    run = smoke_run(student="kdbench_deit_t_xs", optimizer="adamw", lr=2e-3, ema_decay=0.9)
+    full = Trainer(run, tmp_path / "a", device=CPU, log=lambda s: None).fit()
+
+    def stop_after_first_epoch(msg):
+        if "epoch 1/2" in msg:
+            raise Stop
+    with pytest.raises(Stop):
+        Trainer(run, tmp_path / "b", device=CPU, log=stop_after_first_epoch).fit()
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    lines = []
+    resumed = Trainer(run, tmp_path / "b", device=CPU, log=lines.append).fit()
+    assert any("resumed after epoch 1" in s for s in lines)
+    for key in ("top1", "top5", "best_top1", "ema_top1"):
+        assert resumed[key] == full[key], key
+    a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    sa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["distiller"]
+    sb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["distiller"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path):
+    r0 = Trainer(smoke_run(seed=0), tmp_path / "x", device=CPU, log=lambda s: None).fit()
+    r0b = Trainer(smoke_run(seed=0), tmp_path / "y", device=CPU, log=lambda s: None).fit()
+    r1 = Trainer(smoke_run(seed=1), tmp_path / "z", device=CPU, log=lambda s: None).fit()
+    m = lambda d: (tmp_path / d / "metrics.jsonl").read_text()
+    assert _same_but_speed(m("x"), m("y"))
+    assert r0["top1"] == r0b["top1"]
+    assert _losses(m("x")) != _losses(m("z"))
+    assert r0["config_hash"] == r0b["config_hash"] != r1["config_hash"]
+
+
+def _losses(text):
+    return [json.loads(line)["loss"] for line in text.splitlines()]
+
+
+def _same_but_speed(a, b):
+    strip = lambda t: [{k: v for k, v in json.loads(x).items() if k != "img_per_s"} for x in t.splitlines()]
+    return strip(a) == strip(b)
+
+
+@dataclasses.dataclass
+class NanConfig(TaskConfig):
+    at_step: int = 3
+
+
+@register_distiller("test_nan_at_step")
+class NanAtStep(Distiller):
+    Config = NanConfig
+    requires_teacher = False
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = 0
+
+    def forward(self, images, labels):
+        logits = self.student.logits(images)
+        bad = torch.tensor(math.nan if self.calls == self.cfg.at_step else 0.0)
+        self.calls += 1
+        return DistillOutput(logits, {"gt": self.gt_loss(logits, labels), "probe": bad})
+
+
+def test_non_finite_loss_fails_with_step_and_term(tmp_path):
+    run = dataclasses.replace(smoke_run(), distiller="test_nan_at_step", distiller_config=NanConfig(at_step=3))
+    with pytest.raises(NonFiniteLoss, match=r"step 3 .*probe"):
+        Trainer(run, tmp_path, device=CPU, log=lambda s: None).fit()
+
+
+def test_record_fields(tmp_path):
+    rec = Trainer(smoke_run(), tmp_path, device=CPU, log=lambda s: None).fit()
+    for key in ("schema", "status", "error", "distiller", "teacher", "student", "preset", "dataset", "seed",
+                "top1", "top5", "best_top1", "teacher_top1", "epochs", "wall_s", "train_img_per_s",
+                "peak_mem_mb", "student_params", "extra_params", "config", "config_hash", "versions"):
+        assert key in rec, key
+    assert rec["status"] == "done" and rec["epochs"] == 2 and 0 <= rec["top1"] <= 100
+    assert rec["top5"] >= rec["top1"] and rec["best_top1"] >= rec["top1"]
+    assert set(rec["versions"]) >= {"kdbench", "torch", "timm", "python", "device", "world_size"}
+    assert rec["config"]["distiller"]["name"] == "vanilla"
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
