@@ -151,9 +151,6 @@ class Plan:
                                                seed=seed, distiller=name, distiller_config=dcfg, recipe=recipe,
                                                data=self.data, teacher_config=self.teacher_cfg,
                                                compile=compile_))
-        if not distillers:
-            for pair in self.pairs:
-                self.teacher_names = None
         self.teachers = list(dict.fromkeys(p.scaled(self.preset)[0] for p in self.pairs))
 
 

@@ -209,11 +209,21 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
             raise UsageError(f"malformed --set '{item}': expected key=value, e.g. recipe.epochs=3")
         if key.split(".")[0] not in SECTIONS:
             raise unknown_choice("--set section", key.split(".")[0], SECTIONS)
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            out[key] = text
+        out[key] = _scalar(text)
     return out
+
+
+def _scalar(text: str):
+    """YAML scalar, except that numbers such as 1e-3 (a string in YAML 1.1) are numbers."""
+    for number in (int, float):
+        try:
+            return number(text.strip())
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
 
 
 def apply_overrides(obj, overrides: Dict[str, object], section: str):

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .config import RecipeConfig, RunConfig
 from .data import build_loaders
@@ -191,6 +192,8 @@ class Trainer:
         sums: Dict[str, torch.Tensor] = {}
         bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
         start, n = time.perf_counter(), 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
+                   disable=None, file=sys.stderr)   # shown on a terminal only
         for images, targets in self.train_loader.epoch(self.epoch):
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, r)
             for g in self.optimizer.param_groups:
@@ -211,6 +214,8 @@ class Trainer:
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), self.step, bad_step)
             self.step += 1
             n += images.shape[0]
+            bar.update()
+        bar.close()
         self.train_time += time.perf_counter() - start
         self.train_images += n
         losses = {k: v.item() / self.steps_per_epoch for k, v in sums.items()}

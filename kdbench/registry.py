@@ -21,8 +21,8 @@ class Registry:
         def decorator(obj):
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' is already registered by {self._items[name]!r}")
-            self._items[name] = obj
             obj.registry_name = name
+            self._items[name] = obj
             return obj
         return decorator
 
@@ -58,8 +58,8 @@ def load_plugin(module: str):
     """Import a user module that registers distillers (`--plugin my_pkg.my_distiller`)."""
     try:
         importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"cannot import plugin module '{module}': {exc}") from exc
+    except Exception as exc:  # ImportError, or any error raised while the plugin registers itself
+        raise UsageError(f"cannot load plugin module '{module}': {exc.__class__.__name__}: {exc}") from exc
 
 
 DISTILLERS = Registry("distiller", "kdbench.distillers", builtins=("distillers",))

@@ -55,9 +55,6 @@ def test_parse_overrides_section_did_you_mean():
         parse_overrides(["recipes.epochs=3"])
 
 
-@pytest.mark.xfail(reason="parse_overrides uses yaml.safe_load (YAML 1.1), which reads '1e-3' as a string; "
-                          "`--set recipe.lr=1e-3` then fails with 'must be float' although the docstring "
-                          "lists 1e-3 as a parsed scalar", strict=True)
 def test_parse_overrides_exponent_without_dot_is_float():
     out = parse_overrides(["recipe.lr=1e-3", "recipe.weight_decay=5e-4"])
     assert out == {"recipe.lr": 1e-3, "recipe.weight_decay": 5e-4}

@@ -68,6 +68,6 @@ def stage_layout(family: Family, model) -> Tuple[Tuple[int, ...], Tuple[str, ...
     depth = len(model.blocks)
     ends = tuple(max(round(f * depth / 12) - 1, 0) for f in family.block_fractions)
     if len(set(ends)) != 4:
-        raise UsageError(f"{family.name} model with {depth} blocks is too shallow for 4 stages (need >= 6)")
+        raise UsageError(f"{family.name} model with {depth} blocks is too shallow for 4 distinct stages (need >= 5 blocks)")
     starts = (0,) + tuple(e + 1 for e in ends[:-1])
     return ends, tuple(m.format(start=s) for m, s in zip(family.stage_modules, starts))

@@ -136,14 +136,17 @@ class FeatureModel(nn.Module):
 
         handles = [self.model.get_submodule(n).register_forward_pre_hook(record(i))
                    for i, n in enumerate(self.stage_module_names)]
-        was_training = self.model.training
+        modes = {m: m.training for m in self.model.modules()}
+        transforms, self._transforms = self._transforms, {}
         self.model.eval()
         try:
             with torch.no_grad():
                 _, feats = self.forward(x)
                 maps = self.model.forward_intermediates(x, indices=list(self.indices), intermediates_only=True)
         finally:
-            self.model.train(was_training)
+            self._transforms = transforms
+            for m, mode in modes.items():
+                m.training = mode
             for h in handles:
                 h.remove()
         specs, in_specs = [], []

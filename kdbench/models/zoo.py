@@ -54,16 +54,19 @@ def _vit(arch, embed_dim, depth, heads, img_size=32, **kwargs):
 def _build(cls, **kwargs):
     """Build a timm class directly (its registered fn hard-codes the sizes), with a pretrained_cfg."""
     variant = kwargs.pop("variant")
+    if kwargs.pop("pretrained", False):
+        raise ValueError(f"{variant} has no pretrained weights in kdbench; load a checkpoint instead")
     cfg = kwargs.pop("pretrained_cfg", None) or {"architecture": variant}
-    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained"):
+    for key in ("pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     return build_model_with_cfg(cls, variant, pretrained=False, pretrained_cfg=cfg, **kwargs)
 
 
-def _swin(embed_dim, heads, variant, img_size=224, patch_size=4, window_size=7, drop_path_rate=0.1, **kwargs):
-    return _build(SwinTransformer, variant=variant, img_size=img_size, patch_size=patch_size, window_size=window_size,
-                           embed_dim=embed_dim, depths=(2, 2, 2, 2), num_heads=heads,
-                           drop_path_rate=drop_path_rate, **kwargs)
+def _swin(embed_dim, heads, variant, pretrained=False, img_size=224, patch_size=4, window_size=7,
+          drop_path_rate=0.1, **kwargs):
+    return _build(SwinTransformer, variant=variant, pretrained=pretrained, img_size=img_size,
+                  patch_size=patch_size, window_size=window_size, embed_dim=embed_dim, depths=(2, 2, 2, 2),
+                  num_heads=heads, drop_path_rate=drop_path_rate, **kwargs)
 
 
 def _mixer(embed_dim, blocks, variant, resmlp=False, img_size=32, **kwargs):
@@ -74,12 +77,12 @@ def _mixer(embed_dim, blocks, variant, resmlp=False, img_size=32, **kwargs):
 # OFA's custom Swin students (patch 4, window 7, depths 2-2-2-2, drop path 0.1 as in timm 0.6.5).
 @register_model
 def swin_pico_patch4_window7_224(pretrained=False, **kwargs):
-    return _swin(48, (2, 4, 8, 16), "swin_pico_patch4_window7_224", **kwargs)
+    return _swin(48, (2, 4, 8, 16), "swin_pico_patch4_window7_224", pretrained, **kwargs)
 
 
 @register_model
 def swin_nano_patch4_window7_224(pretrained=False, **kwargs):
-    return _swin(64, (2, 4, 8, 16), "swin_nano_patch4_window7_224", **kwargs)
+    return _swin(64, (2, 4, 8, 16), "swin_nano_patch4_window7_224", pretrained, **kwargs)
 
 
 # Scaled members: (builder, kwargs) per scale; registered below as kdbench_<member>_<scale>.
