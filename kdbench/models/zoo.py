@@ -1,11 +1,12 @@
 """Small family members (timm entrypoints) for the CPU/GPU-sized presets, and OFA's Swin students.
 
 Registered with `timm.models.register_model`, so `timm.create_model("kdbench_resnet18_s")`
-works and `kdbench list models` shows them. Suffix `_s`: the tiny/lite scale (~0.3-3M params,
-28-32 px); `_xs`: the smoke scale (16 px, seconds per run). Each one keeps its family: a Swin
-stays a SwinTransformer, a ResMLP an MlpMixer with ResBlock/Affine, so the family table and
-every distiller see the same structure as at paper scale. All accept `num_classes`,
-`in_chans` and `img_size`; CNNs get a 3x3 stride-1 stem so small images keep four stages.
+works and `kdbench list models` shows them. Suffix `_s`: the tiny/lite scale (0.5-5M params,
+28-32 px; CNN stems of stride 2 and Swin patches of 4 px keep CPU training at 0.5-2.4k img/s);
+`_xs`: the smoke scale (16 px, seconds per run). Each one keeps its family: a Swin stays a
+SwinTransformer, a ResMLP an MlpMixer with ResBlock/Affine, so the family table and every
+distiller see the same structure as at paper scale. All accept `num_classes`, `in_chans` and
+`img_size`; CNNs get a 3x3 stem without max-pool so small images keep four stages.
 """
 
 import timm
@@ -21,17 +22,17 @@ def _cnn(name, img_size=None, **kwargs):
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _small_stem_resnet(model):
-    """3x3/s1 stem without max-pool: four stages at strides 1, 2, 4, 8 (CIFAR-style)."""
+def _small_stem_resnet(model, stride):
+    """3x3 stem without max-pool: stages at strides (1|2) x (1, 2, 4, 8) instead of 4..32."""
     conv = model.conv1
-    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride, 1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
 
-def _resnet(arch, layers, channels, **kwargs):
+def _resnet(arch, layers, channels, stem_stride=1, **kwargs):
     kwargs.pop("img_size", None)
-    return _small_stem_resnet(_cnn(arch, layers=layers, channels=channels, **kwargs))
+    return _small_stem_resnet(_cnn(arch, layers=layers, channels=channels, **kwargs), stem_stride)
 
 
 def _mobilenetv2(arch, **kwargs):
@@ -41,9 +42,13 @@ def _mobilenetv2(arch, **kwargs):
     return model
 
 
-def _convnext(dims, depths, **kwargs):
+def _convnext(dims, depths, stem_stride=1, **kwargs):
     kwargs.pop("img_size", None)
-    return _cnn("convnext_atto", dims=dims, depths=depths, patch_size=1, **kwargs)
+    model = _cnn("convnext_atto", dims=dims, depths=depths, patch_size=1, **kwargs)
+    if stem_stride > 1:  # timm's patch_size=2 would also downsample in stage 0: patch only the stem
+        conv = model.stem[0]
+        model.stem[0] = nn.Conv2d(conv.in_channels, conv.out_channels, stem_stride, stem_stride)
+    return model
 
 
 def _vit(arch, embed_dim, depth, heads, img_size=32, **kwargs):
@@ -86,33 +91,36 @@ def swin_nano_patch4_window7_224(pretrained=False, **kwargs):
 
 
 # Scaled members: (builder, kwargs) per scale; registered below as kdbench_<member>_<scale>.
-_SMALL_SWIN = dict(patch_size=2, drop_path_rate=0.0)
+_SMALL_SWIN = dict(patch_size=4, drop_path_rate=0.0)
+_XS_SWIN = dict(patch_size=2, drop_path_rate=0.0)
 MEMBERS = {
     # teachers of the 12 CIFAR pairs
-    "swin_t": {"s": (_swin, dict(embed_dim=32, heads=(2, 4, 8, 16), window_size=7, **_SMALL_SWIN)),
-               "xs": (_swin, dict(embed_dim=16, heads=(1, 2, 4, 4), window_size=4, **_SMALL_SWIN))},
+    "swin_t": {"s": (_swin, dict(embed_dim=48, heads=(2, 4, 8, 16), window_size=7, **_SMALL_SWIN)),
+               "xs": (_swin, dict(embed_dim=16, heads=(1, 2, 4, 4), window_size=4, **_XS_SWIN))},
     "vit_s": {"s": (_vit, dict(arch="vit_small_patch16_224", embed_dim=128, depth=6, heads=4)),
               "xs": (_vit, dict(arch="vit_small_patch16_224", embed_dim=32, depth=6, heads=2))},
     "mixer_b": {"s": (_mixer, dict(embed_dim=128, blocks=6)),
                 "xs": (_mixer, dict(embed_dim=32, blocks=6))},
-    "convnext_t": {"s": (_convnext, dict(dims=(24, 48, 96, 192), depths=(1, 1, 2, 1))),
+    "convnext_t": {"s": (_convnext, dict(dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), stem_stride=2)),
                    "xs": (_convnext, dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)))},
     # students
-    "resnet18": {"s": (_resnet, dict(arch="resnet18", layers=(1, 1, 1, 1), channels=(32, 64, 128, 256))),
+    "resnet18": {"s": (_resnet, dict(arch="resnet18", layers=(1, 1, 1, 1), channels=(32, 64, 128, 256),
+                                      stem_stride=2)),
                  "xs": (_resnet, dict(arch="resnet18", layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)))},
     "mobilenetv2": {"s": (_mobilenetv2, dict(arch="mobilenetv2_050")),
                     "xs": (_mobilenetv2, dict(arch="mobilenetv2_035"))},
     "deit_t": {"s": (_vit, dict(arch="deit_tiny_patch16_224", embed_dim=96, depth=6, heads=3)),
                "xs": (_vit, dict(arch="deit_tiny_patch16_224", embed_dim=24, depth=6, heads=2))},
     "swin_p": {"s": (_swin, dict(embed_dim=24, heads=(1, 2, 4, 8), window_size=7, **_SMALL_SWIN)),
-               "xs": (_swin, dict(embed_dim=8, heads=(1, 1, 2, 2), window_size=4, **_SMALL_SWIN))},
+               "xs": (_swin, dict(embed_dim=8, heads=(1, 1, 2, 2), window_size=4, **_XS_SWIN))},
     "resmlp_s12": {"s": (_mixer, dict(embed_dim=96, blocks=6, resmlp=True)),
                    "xs": (_mixer, dict(embed_dim=24, blocks=6, resmlp=True))},
     # the extra members of the ImageNet pairs
-    "resnet50": {"s": (_resnet, dict(arch="resnet50", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128))),
+    "resnet50": {"s": (_resnet, dict(arch="resnet50", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
+                                      stem_stride=2)),
                  "xs": (_resnet, dict(arch="resnet50", layers=(1, 1, 1, 1), channels=(4, 8, 16, 32)))},
     "swin_n": {"s": (_swin, dict(embed_dim=32, heads=(1, 2, 4, 8), window_size=7, **_SMALL_SWIN)),
-               "xs": (_swin, dict(embed_dim=12, heads=(1, 1, 2, 2), window_size=4, **_SMALL_SWIN))},
+               "xs": (_swin, dict(embed_dim=12, heads=(1, 1, 2, 2), window_size=4, **_XS_SWIN))},
 }
 
 
