@@ -79,7 +79,8 @@ def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
         _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
         return fm, manifest
     log(f"teacher {teacher}: training ({reason}); recipe {run.hash()}")
-    trainer = Trainer(run, tdir / "train", device=device, log=log, label=f"teacher {teacher}")
+    # One training dir per recipe: an interrupted training resumes, a changed recipe starts afresh.
+    trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, log=log, label=f"teacher {teacher}")
     record = trainer.fit()
     state = {k: v.detach().cpu() for k, v in trainer.distiller.student_state().items()}
     atomic_torch_save(tdir / WEIGHTS, state)
