@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List
 
 from . import __version__
-from .errors import UsageError, unknown_choice
+from .errors import UsageError
 
 
 def log(msg: str):

@@ -1,13 +1,14 @@
 """The one training loop shared by every distiller (and by teacher training)."""
 
 import copy
+import json
 import math
 import resource
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -249,7 +250,6 @@ class Trainer:
         return self.record(self.wall_before + time.perf_counter() - t0)
 
     def write_metrics(self):
-        import json
         text = "".join(json.dumps(row) + "\n" for row in self.history)
         atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
 
