@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .data import DATASETS, DataConfig
+from .data import DataConfig
 from .errors import UsageError, unknown_choice
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -254,8 +254,3 @@ def _set_path(obj, parts, value, key):
         return dataclasses.replace(obj, **{parts[0]: new})
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--set {key}: {exc}") from exc
-
-
-def validate_dataset(name: str):
-    if name not in DATASETS:
-        raise unknown_choice("dataset", name, DATASETS)

@@ -120,10 +120,6 @@ class FeatureModel(nn.Module):
             self._specs = self._probe()
         return self._specs[1]
 
-    @property
-    def num_features(self) -> int:
-        return self.model.num_features
-
     def _probe(self):
         param = next(self.model.parameters())
         x = torch.zeros(1, self.in_chans, self.img_size, self.img_size, device=param.device, dtype=param.dtype)
