@@ -68,12 +68,21 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------
+    def warmup(self, epochs: float) -> float:
+        """Linear loss warm-up factor min(1, (epoch + 1) / epochs), per epoch as in ReviewKD/DKD."""
+        return 1.0 if epochs <= 0 else min(1.0, (self.epoch + 1) / epochs)
+
     def gt_loss(self, logits, labels):
         return self.cfg.gt_weight * self.criterion(logits, labels)
 
     @torch.no_grad()
     def teacher_logits(self, images):
         return self.teacher.logits(images)
+
+    @torch.no_grad()
+    def teacher_features(self, images):
+        """(logits, [f1..f4]) of the frozen teacher, without a graph."""
+        return self.teacher(images)
 
     # -- parameters and state ----------------------------------------------------------
     def extra_named_parameters(self):

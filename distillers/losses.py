@@ -1,4 +1,6 @@
-"""Distillation losses as pure functions (no modules, no state)."""
+"""Distillation losses as pure functions (no modules, no state). algorithms.md §2."""
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,77 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_s = F.log_softmax(_at_least_fp32(student_logits) / t, dim=1)
     log_p_t = F.log_softmax(_at_least_fp32(teacher_logits) / t, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def ofa_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             eps: float = 1.0, temperature: float = 1.0, paper_form: bool = False) -> torch.Tensor:
+    """OFA-KD's target-enhanced loss (algorithms.md §2.5), batch mean of -sum_c w_c log p_s,c.
+
+    Code form (default): w = (p_t + onehot)^eps - onehot, i.e. (1 + p_t,y)^eps - 1 on the target
+    and p_t,c^eps elsewhere. `paper_form`: the non-target weights are p_t,c (no exponent); the two
+    agree at eps = 1. Temperature on both sides, no T^2. `log_softmax` keeps it finite where the
+    official `log(softmax)` gives NaN. `target`: class indices, or soft labels (argmax is used).
+    """
+    z_s, z_t = _at_least_fp32(student_logits) / temperature, _at_least_fp32(teacher_logits) / temperature
+    p_t = F.softmax(z_t, dim=1)
+    onehot = F.one_hot(hard_target(target), z_s.shape[1]).to(p_t.dtype)
+    if paper_form:
+        weight = onehot * ((1 + p_t) ** eps - 1) + (1 - onehot) * p_t
+    else:
+        weight = (p_t + onehot) ** eps - onehot
+    return -(weight * F.log_softmax(z_s, dim=1)).sum(dim=1).mean()
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             alpha: float = 1.0, beta: float = 2.0, temperature: float = 1.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., 2022): alpha * TCKD + beta * NCKD, both times T^2, batch mean.
+
+    TCKD: KL between the binary (target, rest) distributions; NCKD: KL between the distributions
+    over the non-target classes. Computed in log space (the official code takes log of a
+    probability and masks with -1000). `target`: indices or soft labels (argmax).
+    """
+    t = temperature
+    z_s, z_t = _at_least_fp32(student_logits) / t, _at_least_fp32(teacher_logits) / t
+    gt = F.one_hot(hard_target(target), z_s.shape[1]).bool()
+    tckd = F.kl_div(_binary_log_probs(z_s, gt), _binary_log_probs(z_t, gt), reduction="batchmean",
+                    log_target=True)
+    masked_s, masked_t = z_s.masked_fill(gt, float("-inf")), z_t.masked_fill(gt, float("-inf"))
+    log_q_s = F.log_softmax(masked_s, dim=1).masked_fill(gt, 0.0)
+    log_q_t = F.log_softmax(masked_t, dim=1).masked_fill(gt, 0.0)
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1).mean()
+    return (alpha * tckd + beta * nckd) * (t * t)
+
+
+def _binary_log_probs(z: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """log [p_target, 1 - p_target] from logits, stably."""
+    lse_all = torch.logsumexp(z, dim=1)
+    log_p_gt = z[gt] - lse_all
+    log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=1) - lse_all
+    return torch.stack([log_p_gt, log_rest], dim=1)
+
+
+def hcl_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
+             levels: Sequence[int] = (4, 2, 1)) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss for one NCHW feature pair (algorithms.md §2.4).
+
+    MSE at full resolution (weight 1), then at each pooled level k < H (adaptive average pooling
+    to k x k) with a weight halved per level used; divided by the sum of the weights. A skipped
+    level does not consume a halving.
+    """
+    s, t = _at_least_fp32(student_feat), _at_least_fp32(teacher_feat)
+    loss, weight, total = F.mse_loss(s, t), 1.0, 1.0
+    for k in levels:
+        if k >= s.shape[2]:
+            continue
+        weight /= 2.0
+        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, k), F.adaptive_avg_pool2d(t, k))
+        total += weight
+    return loss / total
+
+
+def hard_target(target: torch.Tensor) -> torch.Tensor:
+    """Class indices from indices or from soft (mixup, smoothed) label rows."""
+    return target.argmax(dim=1) if target.dtype.is_floating_point else target
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:

@@ -51,13 +51,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
     common(teach)
+
+    from .report import add_parser as add_leaderboard
+    add_leaderboard(sub)
+
+    bench = sub.add_parser("bench", help="training-step throughput, memory and parameter counts per distiller")
+    bench.add_argument("--pair", default="all", help="T:S (paper or preset-scale names), a set, or all")
+    bench.add_argument("--distillers", default="kd", help="NAME[,NAME..] | all")
+    bench.add_argument("--preset", default="tiny")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps; 0 = parameter counts only")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    bench.add_argument("--batch-size", type=int, default=None, help="default: the preset recipe's")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--plugin", action="append", default=[])
+    bench.add_argument("--json", action="store_true")
     return p
 
 
 def main(argv: List[str] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach, "bench": cmd_bench,
+                "leaderboard": cmd_leaderboard}[args.command](args)
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
@@ -116,11 +132,11 @@ class Plan:
     """A validated grid: everything is checked before anything is written."""
 
     def __init__(self, args, distillers: List[str]):
-        from .config import RunConfig, apply_overrides, build, load_preset, parse_overrides
+        from .config import apply_overrides, load_preset, parse_overrides
         from .data import resolve_root
         from .engine import resolve_device
-        from .grid import parse_seeds, resolve_pairs
-        from .registry import DISTILLERS, load_plugin
+        from .grid import expand_runs, parse_seeds, resolve_pairs
+        from .registry import load_plugin
         for module in args.plugin:
             load_plugin(module)
         self.preset = load_preset(args.preset)
@@ -137,20 +153,8 @@ class Plan:
         self.device = resolve_device(args.device)
         self.out = Path(args.out)
         self.seeds = parse_seeds(args.seeds) if getattr(args, "seeds", None) else list(range(self.preset.seeds))
-        self.runs = []
-        from .teachers import model_kind
-        for pair in self.pairs:
-            teacher, student = pair.scaled(self.preset)
-            recipe = apply_overrides(getattr(self.preset, model_kind(student, self.data.img_size)), overrides, "recipe")
-            for name in distillers:
-                cls = DISTILLERS.get(name)
-                dcfg = build(cls.Config, dict(self.preset.distillers.get(name, {})), f"distiller {name}")
-                dcfg = apply_overrides(dcfg, overrides, "distiller")
-                for seed in self.seeds:
-                    self.runs.append(RunConfig(preset=self.preset.name, teacher=teacher, student=student,
-                                               seed=seed, distiller=name, distiller_config=dcfg, recipe=recipe,
-                                               data=self.data, teacher_config=self.teacher_cfg,
-                                               compile=compile_))
+        self.runs = expand_runs(self.preset, self.pairs, distillers, self.seeds, data=self.data,
+                                teacher_cfg=self.teacher_cfg, overrides=overrides, compile_=compile_)
         self.teachers = list(dict.fromkeys(p.scaled(self.preset)[0] for p in self.pairs))
 
 
@@ -162,7 +166,23 @@ def cmd_run(args) -> int:
     for n in names:
         DISTILLERS.get(n)
     plan = Plan(args, list(dict.fromkeys(names)))
-    return execute(plan, fresh=args.fresh)
+    status = execute(plan, fresh=args.fresh)
+    print_leaderboard(plan)
+    return status
+
+
+def print_leaderboard(plan: "Plan"):
+    """The grid ends with the leaderboard of its preset (every record under --out, not only this grid's)."""
+    from .report import collect, render
+    try:
+        print(render(collect(plan.out, plan.preset.name), "md"), end="")
+    except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
+        log(f"kdbench: no leaderboard ({exc})")
+
+
+def cmd_leaderboard(args) -> int:
+    from .report import cmd_leaderboard as leaderboard
+    return leaderboard(args)
 
 
 def cmd_teach(args) -> int:
@@ -171,6 +191,13 @@ def cmd_teach(args) -> int:
     for teacher in plan.teachers:
         get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
                     log=log, verify=True)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, format_rows
+    rows = bench(args)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 
 

@@ -64,6 +64,17 @@ _HINTS = {
 }
 
 
+_GEOMETRY = {"fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "imagenet": (1000, 3)}
+
+
+def dataset_geometry(cfg: "DataConfig") -> tuple:
+    """(num_classes, in_chans) of a dataset, without reading it."""
+    _check_name(cfg.dataset)
+    if cfg.dataset == "synthetic":
+        return cfg.synthetic_classes, cfg.synthetic_channels
+    return _GEOMETRY[cfg.dataset]
+
+
 @dataclass
 class DataConfig:
     """What data to use and how to augment it (the `data.` section of a run configuration)."""

@@ -115,6 +115,44 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size: int,
+                    teacher: Optional[FeatureModel], device: torch.device):
+    """The run's distiller on `device`: a fresh student seeded by the run seed (so seeds pair across
+    distillers), the given frozen teacher, channels_last where the recipe and family want it."""
+    cls = DISTILLERS.get(run.distiller)
+    if cls.requires_teacher and teacher is None:
+        raise UsageError(f"distiller '{run.distiller}' needs a teacher")
+    torch.manual_seed(run.seed)
+    student = create_feature_model(run.student, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
+                    num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
+    distiller.to(device)
+    for fm in (student, distiller.teacher):
+        if fm is not None and run.recipe.channels_last and fm.family.channels_last:
+            fm.to(memory_format=torch.channels_last)
+    return distiller
+
+
+def autocast_for(r: RecipeConfig, device: torch.device):
+    """bf16 autocast on CUDA devices that support it when the recipe asks for AMP; else a no-op."""
+    if r.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def train_step(forward, optimizer, images, targets, *, params, clip_grad: float, autocast):
+    """One optimisation step; returns the distiller output and the (on-device) total loss."""
+    with autocast():
+        out = forward(images, targets)
+    loss = sum(out.losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    optimizer.step()
+    return out, loss
+
+
 class Trainer:
     """Trains one run (a distiller on a pair with a seed) with checkpoint/resume, writes its record."""
 
@@ -124,28 +162,18 @@ class Trainer:
         self.run, self.run_dir, self.device = run, Path(run_dir), device
         self.teacher_top1, self.log, self.label = teacher_top1, log, label
         r = run.recipe
-        cls = DISTILLERS.get(run.distiller)
-        if cls.requires_teacher and teacher is None:
-            raise UsageError(f"distiller '{run.distiller}' needs a teacher")
         self.train_loader, self.eval_loader, self.info = build_loaders(
             run.data, batch_size=r.batch_size, device=device, seed=run.seed, mixup=r.mixup, cutmix=r.cutmix,
             label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size)
-        torch.manual_seed(run.seed)   # same seed => same student init and extras, across distillers
-        student = create_feature_model(run.student, num_classes=self.info.num_classes,
-                                       in_chans=self.info.in_chans, img_size=self.info.img_size)
-        self.distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
-                             num_classes=self.info.num_classes, criterion=make_criterion(r.label_smoothing))
-        self.distiller.to(device)
-        for fm in (student, self.distiller.teacher):
-            if fm is not None and r.channels_last and fm.family.channels_last:
-                fm.to(memory_format=torch.channels_last)
+        self.distiller = build_distiller(run, num_classes=self.info.num_classes, in_chans=self.info.in_chans,
+                                         img_size=self.info.img_size, teacher=teacher, device=device)
         self.optimizer = build_optimizer(param_groups(self.distiller, r.weight_decay), r, device)
+        student = self.distiller.student
         self.ema = StudentEMA(student.model, r.ema_decay) if r.ema_decay > 0 else None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = r.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(r.warmup_epochs * self.steps_per_epoch))
-        use_amp = r.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+        self.autocast = autocast_for(r, device)
         self.forward = torch.compile(self.distiller) if run.compile else self.distiller
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
@@ -199,14 +227,8 @@ class Trainer:
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, r)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            with self.autocast():
-                out = self.forward(images, targets)
-            loss = sum(out.losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if r.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(params, r.clip_grad)
-            self.optimizer.step()
+            out, loss = train_step(self.forward, self.optimizer, images, targets, params=params,
+                                   clip_grad=r.clip_grad, autocast=self.autocast)
             if self.ema is not None:
                 self.ema.update(d.student.model)
             for k, v in out.losses.items():     # accumulated on device: no host sync per step

@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import yaml
 
-from .config import Preset
+from .config import Preset, RunConfig, apply_overrides, build
 from .errors import UsageError, unknown_choice
 
 
@@ -92,3 +92,23 @@ def parse_seeds(spec: str) -> List[int]:
 def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, seed: int) -> Path:
     """`<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>` (contract, DESIGN.md §7)."""
     return Path(out) / preset / f"{teacher}__{student}" / distiller / f"seed{seed}"
+
+
+def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds: List[int], *, data, teacher_cfg,
+                overrides: Dict[str, object], compile_: bool = False) -> List[RunConfig]:
+    """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
+    per-method defaults, then the `--set` overrides (validated here, before anything runs)."""
+    from .registry import DISTILLERS
+    from .teachers import model_kind
+    runs = []
+    for pair in pairs:
+        teacher, student = pair.scaled(preset)
+        recipe = apply_overrides(getattr(preset, model_kind(student, data.img_size)), overrides, "recipe")
+        for name in distillers:
+            cls = DISTILLERS.get(name)
+            dcfg = build(cls.Config, dict(preset.distillers.get(name, {})), f"distiller {name}")
+            dcfg = apply_overrides(dcfg, overrides, "distiller")
+            runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed, distiller=name,
+                                  distiller_config=dcfg, recipe=recipe, data=data, teacher_config=teacher_cfg,
+                                  compile=compile_) for seed in seeds)
+    return runs

@@ -59,14 +59,22 @@ def test_failed_run_is_recorded_and_grid_continues(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_grid_all_pairs_kd(tmp_path):
-    """The issue's acceptance command, through the console entry point."""
+def test_smoke_grid_all_pairs_every_baseline(tmp_path):
+    """The acceptance command of the foundation and baseline issues, through the console entry
+    point: each distiller on all 12 pairs exits 0 with 12 done records; the grid ends with the
+    leaderboard on stdout."""
     out = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "kd", "--pairs", "all",
+    names = ["kd", "fitnet", "reviewkd", "ofa", "dkd"]
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", ",".join(names), "--pairs", "all",
                            "--preset", "smoke", "--seeds", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = records(out)
-    assert len(recs) == 12 and all(r["status"] == "done" for r in recs)
-    assert len({(r["teacher"], r["student"]) for r in recs}) == 12
+    assert all(r["status"] == "done" for r in recs)
+    for name in names:
+        mine = [r for r in recs if r["distiller"] == name]
+        assert len(mine) == 12 and len({(r["teacher"], r["student"]) for r in mine}) == 12, name
+        assert all((r["extra_params"] > 0) == (name in ("fitnet", "reviewkd", "ofa")) for r in mine)
     assert len(list((out / "teachers" / "smoke").glob("*/manifest.json"))) == 4
+    assert "kdbench leaderboard: preset smoke" in proc.stdout
+    assert "kdbench_swin_t_xs → kdbench_resnet18_xs" in proc.stdout

@@ -1,0 +1,111 @@
+"""`kdbench bench`: steady-state training-step speed, memory and parameter counts per distiller."""
+
+import time
+from typing import Dict, List
+
+import torch
+
+from .config import apply_overrides, load_preset, parse_overrides
+from .data import dataset_geometry
+from .engine import autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, train_step
+from .errors import UsageError
+from .grid import expand_runs, resolve_pairs
+from .models import create_feature_model
+from .registry import DISTILLERS, load_plugin
+
+
+def bench(args) -> List[Dict]:
+    """One row per (pair, distiller). `steps=0` counts parameters only (nothing is trained)."""
+    from .engine import resolve_device
+    for module in args.plugin:
+        load_plugin(module)
+    if args.steps < 0 or args.warmup < 0:
+        raise UsageError(f"--steps and --warmup must be >= 0, got {args.steps} and {args.warmup}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    names = [n.strip() for n in args.distillers.split(",") if n.strip()]
+    names = DISTILLERS.names() if names == ["all"] else list(dict.fromkeys(names))
+    for n in names:
+        DISTILLERS.get(n)
+    preset = load_preset(args.preset)
+    pairs = resolve_pairs(args.pair, preset)
+    overrides = parse_overrides(args.overrides)
+    data = apply_overrides(preset.data, overrides, "data")
+    teacher_cfg = apply_overrides(preset.teacher, overrides, "teacher")
+    timed = args.steps > 0
+    measured = names + (["kd"] if timed and "kd" not in names else [])   # kd: the ratio's reference
+    runs = expand_runs(preset, pairs, measured, [0], data=data, teacher_cfg=teacher_cfg, overrides=overrides)
+    device = resolve_device(args.device)
+    num_classes, in_chans = dataset_geometry(data)
+    rows, teachers = [], {}
+    for run in runs:
+        if run.teacher not in teachers:
+            torch.manual_seed(0)
+            teachers = {run.teacher: create_feature_model(run.teacher, num_classes=num_classes, in_chans=in_chans,
+                                                          img_size=data.img_size).to(device)}
+        distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
+                                    teacher=teachers[run.teacher], device=device)
+        row = {"pair": f"{run.teacher}:{run.student}", "teacher": run.teacher, "student": run.student,
+               "distiller": run.distiller, "preset": preset.name, "device": str(device),
+               "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,
+               "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
+               "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None}
+        if timed:
+            row.update(_time_steps(distiller, run.recipe, row["batch_size"], num_classes, in_chans, data.img_size,
+                                   args.steps, args.warmup, device))
+        rows.append(row)
+        del distiller
+    for row in rows:
+        kd = next(r for r in rows if r["pair"] == row["pair"] and r["distiller"] == "kd") if timed else None
+        if kd is not None:
+            row["ratio_to_kd"] = round(row["step_ms"] / kd["step_ms"], 3)
+    return [r for r in rows if r["distiller"] in names]
+
+
+def _time_steps(distiller, recipe, batch_size, num_classes, in_chans, img_size, steps, warmup, device) -> Dict:
+    """Median-free steady state: `warmup` untimed steps, then `steps` timed ones on a fixed batch."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    images = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(device)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    optimizer = build_optimizer(param_groups(distiller, recipe.weight_decay), recipe, device)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    autocast = autocast_for(recipe, device)
+    distiller.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        _, loss = train_step(distiller, optimizer, images, labels, params=params, clip_grad=recipe.clip_grad,
+                             autocast=autocast)
+        return loss
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{distiller.__class__.__name__}: non-finite loss while benchmarking")
+    return {"img_per_s": round(steps * batch_size / elapsed, 1), "step_ms": round(1000 * elapsed / steps, 2),
+            "peak_mem_mb": round(peak_memory_mb(device), 1)}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_rows(rows: List[Dict]) -> str:
+    head = f"{'pair':44s} {'distiller':10s} {'img/s':>8s} {'ms/step':>8s} {'x kd':>6s} {'peak MB':>8s} " \
+           f"{'student':>9s} {'extra':>9s}"
+    lines = [head]
+    for r in rows:
+        def num(v, fmt):
+            return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0])
+        lines.append(f"{r['pair']:44s} {r['distiller']:10s} {num(r['img_per_s'], '8.1f')} {num(r['step_ms'], '8.2f')} "
+                     f"{num(r['ratio_to_kd'], '6.2f')} {num(r['peak_mem_mb'], '8.0f')} "
+                     f"{r['student_params'] / 1e6:8.2f}M {r['extra_params'] / 1e6:8.2f}M")
+    return "\n".join(lines)

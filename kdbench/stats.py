@@ -1,0 +1,180 @@
+"""Statistics for the leaderboard (DESIGN.md §8): pure functions, no I/O.
+
+Per cell: summary over seeds. Per pair: seed-paired comparison against a reference distiller,
+Holm-corrected across a table. Across pairs: average gain, average rank, Friedman test and the
+Nemenyi critical difference (Demšar 2006).
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import stats as st
+
+WILCOXON_MIN_N = 6
+
+
+@dataclass
+class Summary:
+    """n, mean, sample std (ddof=1) and a two-sided t-interval; None where undefined (`note` says why)."""
+
+    n: int
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    note: str = ""
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """Summary of one cell's per-seed values."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        return Summary(0, note="no finished runs")
+    mean = float(x.mean())
+    if n == 1:
+        return Summary(1, mean, note="n=1: no std or interval")
+    std = float(x.std(ddof=1))
+    half = float(st.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+@dataclass
+class Comparison:
+    """A distiller against the reference on the seeds both have: mean of (distiller - reference)."""
+
+    n: int
+    seeds: List[int] = field(default_factory=list)
+    diff: Optional[float] = None
+    p_t: Optional[float] = None          # paired t-test, two-sided
+    p_wilcoxon: Optional[float] = None   # Wilcoxon signed-rank, two-sided, only where n >= 6
+    p_holm: Optional[float] = None       # p_t after Holm over the table (set by `holm`)
+    note: str = ""
+
+
+def paired_compare(values: Mapping[int, float], reference: Mapping[int, float]) -> Comparison:
+    """Seed-paired comparison; seeds that only one side has are ignored."""
+    seeds = sorted(set(values) & set(reference))
+    n = len(seeds)
+    if n == 0:
+        return Comparison(0, note="no seeds in common with the reference")
+    d = np.array([values[s] - reference[s] for s in seeds], dtype=float)
+    c = Comparison(n, seeds, float(d.mean()))
+    notes = []
+    if n < 2:
+        notes.append("n=1 paired seed: no test")
+    elif np.all(d == 0):
+        notes.append("all paired differences are zero: no test")
+    elif np.all(d == d[0]):
+        notes.append("constant paired difference (zero variance): t-test undefined")
+    else:
+        c.p_t = _finite(st.ttest_1samp(d, 0.0).pvalue)
+    if n >= 2 and not np.all(d == 0):
+        if n < WILCOXON_MIN_N:
+            notes.append(f"Wilcoxon needs n >= {WILCOXON_MIN_N}")
+        else:
+            c.p_wilcoxon = _finite(st.wilcoxon(d).pvalue)
+    c.note = "; ".join(notes)
+    return c
+
+
+def _finite(p) -> Optional[float]:
+    p = float(p)
+    return p if math.isfinite(p) else None
+
+
+def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """Holm step-down adjusted p-values, in input order; None (no test) stays None and is not counted."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    m = len(idx)
+    out: List[Optional[float]] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))   # monotone, capped at 1
+        out[i] = running
+    return out
+
+
+def holm_comparisons(comparisons: Sequence[Comparison]) -> None:
+    """Set `p_holm` on every comparison, correcting over all of them (those with a t-test p)."""
+    for c, p in zip(comparisons, holm([c.p_t for c in comparisons])):
+        c.p_holm = p
+
+
+# -- across pairs: `means` is one {distiller: mean top-1} mapping per pair (missing = not run) ----------
+def average_gain(means: Sequence[Mapping[str, float]], baseline: str = "vanilla") -> Dict[str, dict]:
+    """Per distiller: mean over pairs of (distiller - baseline), on pairs where both have a mean."""
+    out: Dict[str, dict] = {}
+    names = dict.fromkeys(d for row in means for d in row)
+    for d in names:
+        gains = [row[d] - row[baseline] for row in means if d in row and baseline in row]
+        out[d] = {"gain": float(np.mean(gains)) if gains else None, "pairs": len(gains)}
+    return out
+
+
+def complete_rows(means: Sequence[Mapping[str, float]], names: Sequence[str]) -> List[List[float]]:
+    """The rows (pairs) where every distiller in `names` has a mean, as lists in `names` order."""
+    return [[row[d] for d in names] for row in means if all(d in row for d in names)]
+
+
+def average_ranks(rows: Sequence[Sequence[float]]) -> List[float]:
+    """Mean rank per column over rows; rank 1 = highest value, ties get the average of their ranks."""
+    r = np.array([st.rankdata(-np.asarray(row, dtype=float), method="average") for row in rows])
+    return [float(v) for v in r.mean(axis=0)]
+
+
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """Critical value q_alpha of the Nemenyi test: studentized range (df = inf) / sqrt(2)."""
+    return float(st.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
+
+
+def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
+    """Nemenyi CD = q_alpha * sqrt(k (k+1) / (6 N)) for k methods over N datasets (pairs)."""
+    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n))
+
+
+@dataclass
+class Friedman:
+    """Friedman test over complete rows, with average ranks and the Nemenyi CD."""
+
+    names: List[str]
+    n: int                                  # pairs with every distiller present
+    avg_ranks: List[Optional[float]]
+    chi2: Optional[float] = None
+    p: Optional[float] = None
+    cd: Optional[float] = None
+    note: str = ""
+
+
+def friedman(means: Sequence[Mapping[str, float]], names: Sequence[str], alpha: float = 0.05) -> Friedman:
+    """Friedman chi-square (scipy, tie-corrected) and Nemenyi CD; needs >= 3 distillers and >= 2 pairs."""
+    names = list(names)
+    rows = complete_rows(means, names)
+    res = Friedman(names, len(rows), average_ranks(rows) if rows else [None] * len(names))
+    k, n = len(names), len(rows)
+    if k < 3 or n < 2:
+        res.note = f"Friedman test needs >= 3 distillers and >= 2 complete pairs (have {k} and {n})"
+        return res
+    res.cd = critical_difference(k, n, alpha)
+    if all(len(set(row)) == 1 for row in rows):
+        res.chi2, res.p, res.note = 0.0, 1.0, "all distillers tie on every pair"
+        return res
+    chi2, p = st.friedmanchisquare(*np.array(rows, dtype=float).T)
+    res.chi2, res.p = float(chi2), _finite(p)
+    return res
+
+
+def cd_groups(avg_ranks: Sequence[float], cd: float) -> List[List[int]]:
+    """Maximal groups of methods (indices, best rank first) whose rank spread is below the CD."""
+    order = sorted(range(len(avg_ranks)), key=lambda i: avg_ranks[i])
+    groups: List[List[int]] = []
+    for a in range(len(order)):
+        b = a
+        while b + 1 < len(order) and avg_ranks[order[b + 1]] - avg_ranks[order[a]] < cd:
+            b += 1
+        group = order[a:b + 1]
+        if len(group) > 1 and not (groups and set(group) <= set(groups[-1])):
+            groups.append(group)
+    return groups

@@ -1,0 +1,253 @@
+"""Leaderboard on synthetic result.json trees: table model, four formats, plots, command line."""
+
+import argparse
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from kdbench import report, stats
+from kdbench.errors import UsageError
+from kdbench.results import atomic_write_json
+
+SWIN_R18 = ("kdbench_swin_t_s", "kdbench_resnet18_s")          # tiny preset: pair 1 (CNN students)
+CONV_RESMLP = ("kdbench_convnext_t_s", "kdbench_resmlp_s12_s")  # pair 11 (ViT-MLP students)
+MIXER_DEIT = ("kdbench_mixer_b_s", "kdbench_deit_t_s")          # pair 8 (ViT-MLP students)
+CUSTOM = ("kdbench_resnet50_s", "kdbench_resnet18_s")           # in no pair set
+# top-1 per seed 0, 1, 2 (None = no run)
+TOP1 = {
+    SWIN_R18: {"vanilla": [70.0, 71.0, 72.0], "kd": [73.0, 74.5, 75.0], "fitnet": [69.0, 70.0, None],
+               "dkd": [74.0, 74.0, 76.0]},
+    MIXER_DEIT: {"vanilla": [50.0, 52.0, 51.0], "kd": [55.0, 55.5, 57.0], "fitnet": [40.0, 41.0, 42.0],
+                 "dkd": [56.0, 58.0, 57.5]},
+    CONV_RESMLP: {"vanilla": [60.0, 61.0, 62.0], "kd": [63.0, 64.0, 66.0], "fitnet": [61.0, 62.0, 63.0],
+                  "dkd": [62.0, 65.0, 64.0]},
+    CUSTOM: {"vanilla": [80.0, None, None], "kd": [81.0, None, None], "dkd": [81.5, None, None]},
+}
+
+
+def record(preset, pair, distiller, seed, top1, **kw):
+    return {"schema": 1, "status": "done", "error": None, "distiller": distiller, "teacher": pair[0],
+            "student": pair[1], "preset": preset, "dataset": "fashion-mnist", "seed": seed, "top1": top1,
+            "top5": 99.0, "best_top1": top1 + 0.5, "teacher_top1": 88.0, "epochs": 2, "wall_s": 1.0,
+            "extra_params": 0, "config_hash": f"h-{distiller}", **kw}
+
+
+def write(root, preset, pair, distiller, seed, rec=None):
+    d = root / preset / f"{pair[0]}__{pair[1]}" / distiller / f"seed{seed}"
+    if rec is None:                      # unfinished: a checkpoint, no result.json
+        d.mkdir(parents=True)
+        (d / "checkpoint.pt").write_bytes(b"\0")
+    else:
+        atomic_write_json(d / "result.json", rec)
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for pair, cols in TOP1.items():
+        for distiller, values in cols.items():
+            for seed, v in enumerate(values):
+                if v is not None:
+                    write(tmp_path, "tiny", pair, distiller, seed, record("tiny", pair, distiller, seed, v))
+    failed = {k: v for k, v in record("tiny", SWIN_R18, "fitnet", 2, 0.0).items() if "top" not in k}
+    write(tmp_path, "tiny", SWIN_R18, "fitnet", 2, {**failed, "status": "failed", "error": "RuntimeError: boom"})
+    write(tmp_path, "tiny", MIXER_DEIT, "dkd", 3)            # unfinished seed 3
+    (tmp_path / "teachers" / "tiny" / "kdbench_swin_t_s" / "train-x").mkdir(parents=True)   # ignored
+    return tmp_path
+
+
+def cell(table, pair, distiller):
+    row = next(r for r in table.rows if (r.teacher, r.student) == pair)
+    return row.cells.get(distiller)
+
+
+def test_collect_rows_columns_and_groups(runs):
+    t = report.collect(runs)
+    assert t.preset == "tiny" and t.reference == "kd" and t.dataset == "fashion-mnist"
+    assert t.distillers == ["vanilla", "kd", "dkd", "fitnet"]
+    assert [(r.teacher, r.student) for r in t.rows] == [SWIN_R18, MIXER_DEIT, CONV_RESMLP, CUSTOM]
+    assert [r.group for r in t.rows] == ["CNN students", "ViT-MLP students", "ViT-MLP students", "Other pairs"]
+    assert t.rows[0].paper_teacher == "swin_tiny_patch4_window7_224" and t.rows[0].paper_student == "resnet18"
+    assert cell(t, CUSTOM, "fitnet") is None                 # missing cell
+
+
+def test_cells_summaries_and_paired_tests(runs):
+    t = report.collect(runs)
+    kd = cell(t, SWIN_R18, "kd")
+    assert kd.summary.n == 3 and kd.summary.mean == pytest.approx(np.mean([73.0, 74.5, 75.0]))
+    assert kd.summary.std == pytest.approx(np.std([73.0, 74.5, 75.0], ddof=1))
+    assert kd.comparison is None                              # the reference itself
+    dkd = cell(t, MIXER_DEIT, "dkd")
+    d = np.array([56.0, 58.0, 57.5]) - np.array([55.0, 55.5, 57.0])
+    assert dkd.comparison.diff == pytest.approx(d.mean())
+    assert dkd.comparison.p_t == pytest.approx(st.ttest_1samp(d, 0).pvalue)
+    # Holm over every comparison in the table: 3 pairs x 3 distillers with a t-test (custom pair: n=1)
+    comps = [c.comparison for r in t.rows for c in r.cells.values() if c.comparison]
+    tested = [c for c in comps if c.p_t is not None]
+    assert len(tested) == 9
+    assert [c.p_holm for c in comps] == pytest.approx(stats.holm([c.p_t for c in comps]))
+    assert max(c.p_holm for c in tested) <= 1.0
+    n1 = cell(t, CUSTOM, "dkd")
+    assert n1.summary.std is None and n1.comparison.p_t is None and "n=1" in n1.comparison.note
+
+
+def test_failed_and_unfinished_runs_are_listed_not_averaged(runs):
+    t = report.collect(runs)
+    fit = cell(t, SWIN_R18, "fitnet")
+    assert (fit.summary.n, fit.failed) == (2, 1) and fit.summary.mean == pytest.approx(69.5)
+    dkd = cell(t, MIXER_DEIT, "dkd")
+    assert (dkd.summary.n, dkd.unfinished) == (3, 1)
+    assert [(p["status"], p["dir"]) for p in t.problems] == [
+        ("failed", "tiny/kdbench_swin_t_s__kdbench_resnet18_s/fitnet/seed2"),
+        ("unfinished", "tiny/kdbench_mixer_b_s__kdbench_deit_t_s/dkd/seed3")]
+    assert t.problems[0]["error"] == "RuntimeError: boom"
+
+
+def test_across_pairs_gain_and_ranks(runs):
+    t = report.collect(runs)
+    means = {(r.teacher, r.student): {d: c.mean for d, c in r.cells.items()} for r in t.rows}
+    kd_gain = np.mean([means[p]["kd"] - means[p]["vanilla"] for p in TOP1])
+    assert t.gains["kd"] == {"gain": pytest.approx(kd_gain), "pairs": 4}
+    # Friedman over the 3 pairs with all 4 distillers (CUSTOM has no fitnet), rank 1 = best
+    rows = [[means[p][d] for d in t.distillers] for p in (SWIN_R18, MIXER_DEIT, CONV_RESMLP)]
+    ranks = np.mean([st.rankdata([-v for v in r]) for r in rows], axis=0)
+    assert t.friedman.n == 3 and t.friedman.avg_ranks == pytest.approx(ranks)
+    assert t.friedman.cd == pytest.approx(2.569 * np.sqrt(4 * 5 / 18), abs=1e-3)
+
+
+def test_markdown(runs):
+    md = report.render(report.collect(runs), "md")
+    lines = md.splitlines()
+    header = next(x for x in lines if x.startswith("| teacher → student"))
+    assert header.split("|")[3:7] == [" vanilla ", " kd ", " dkd ", " fitnet "]
+    row = next(x for x in lines if x.startswith("| kdbench_swin_t_s → kdbench_resnet18_s"))
+    assert "**74.67 ± 1.15** (3)" in row                      # dkd best in the row
+    assert "71.00 ± 1.00 (3)†↓" in row                        # vanilla significantly below kd
+    assert "69.50 ± 0.71 (2, 1 failed)" in row
+    assert "| **CNN students** |" in md and "| **ViT-MLP students** |" in md
+    assert "*avg. gain over vanilla*" in md and "*avg. rank (3 pairs)*" in md
+    assert "Friedman test over 3 pairs" in md and "critical difference" in md
+    assert "failed: tiny/kdbench_swin_t_s__kdbench_resnet18_s/fitnet/seed2: RuntimeError: boom" in md
+    assert "unfinished: tiny/kdbench_mixer_b_s__kdbench_deit_t_s/dkd/seed3" in md
+    assert "pub." not in md                                   # published numbers only for paper presets
+
+
+def test_significance_mark(tmp_path):
+    # 8 seeds, ofa far above kd, fitnet far below: both survive Holm
+    pair = SWIN_R18
+    for seed in range(8):
+        for d, v in (("kd", 70 + 0.1 * seed), ("ofa", 75 + 0.3 * (seed % 3)), ("fitnet", 60 - 0.2 * (seed % 2))):
+            write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, v))
+    t = report.collect(tmp_path)
+    assert cell(t, pair, "ofa").comparison.p_wilcoxon is not None
+    md = report.render(t, "md")
+    assert "(8)†↑" in md and "(8)†↓" in md
+    assert r"$^{\dagger\uparrow}$" in report.render(t, "latex")
+
+
+def test_latex_booktabs(runs):
+    tex = report.render(report.collect(runs), "latex")
+    for macro in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{llcccc}", r"\textit{CNN students}"):
+        assert macro in tex
+    assert r"kdbench\_swin\_t\_s $\rightarrow$ kdbench\_resnet18\_s" in tex
+    assert r"\textbf{74.67 $\pm$ 1.15} (3)" in tex
+    assert "kdbench_swin" not in tex.split(r"\end{table}")[0]    # every underscore escaped in the table
+    assert "% failed: tiny/" in tex
+
+
+def test_csv_long_format(runs):
+    t = report.collect(runs)
+    rows = list(csv.DictReader(io.StringIO(report.render(t, "csv"))))
+    assert len(rows) == 15 and set(report.CSV_FIELDS) <= set(rows[0])
+    r = next(x for x in rows if x["teacher"] == MIXER_DEIT[0] and x["distiller"] == "dkd")
+    d = np.array([56.0, 58.0, 57.5]) - np.array([55.0, 55.5, 57.0])
+    assert float(r["mean"]) == pytest.approx(np.mean([56.0, 58.0, 57.5]))
+    assert float(r["diff_vs_ref"]) == pytest.approx(d.mean())
+    assert float(r["p_t"]) == pytest.approx(st.ttest_1samp(d, 0).pvalue)
+    assert r["n_unfinished"] == "1" and r["seeds"] == "0 1 2" and r["reference"] == "kd"
+    lo, hi = float(r["ci_low"]), float(r["ci_high"])
+    assert (lo + hi) / 2 == pytest.approx(float(r["mean"]))
+
+
+def test_json(runs):
+    t = report.collect(runs)
+    doc = json.loads(report.render(t, "json"))
+    assert [d["name"] for d in doc["distillers"]] == t.distillers
+    assert doc["friedman"]["pairs"] == 3 and doc["friedman"]["p"] == pytest.approx(t.friedman.p)
+    assert len(doc["cells"]) == 15 and len(doc["problems"]) == 2
+    kd = next(d for d in doc["distillers"] if d["name"] == "kd")
+    assert kd["avg_gain_over_vanilla"] == pytest.approx(t.gains["kd"]["gain"])
+
+
+def test_published_reference_column_for_paper_preset(tmp_path):
+    pair = ("swin_tiny_patch4_window7_224", "resnet18")
+    for d, v in (("vanilla", 74.5), ("kd", 79.0)):
+        write(tmp_path, "paper", pair, d, 0, record("paper", pair, d, 0, v))
+    t = report.collect(tmp_path)
+    kd = cell(t, pair, "kd")
+    assert (kd.published, kd.published_src) == (78.74, "V") and kd.gap == pytest.approx(0.26)
+    assert cell(t, pair, "vanilla").published == 74.01         # scratch accuracy of the student
+    md = report.render(t, "md")
+    assert "kd pub." in md and "78.74 V (+0.26)" in md
+    r = next(x for x in csv.DictReader(io.StringIO(report.render(t, "csv"))) if x["distiller"] == "kd")
+    assert float(r["published"]) == 78.74 and float(r["gap_to_published"]) == pytest.approx(0.26)
+
+
+def test_no_kd_means_no_reference(tmp_path):
+    write(tmp_path, "tiny", SWIN_R18, "vanilla", 0, record("tiny", SWIN_R18, "vanilla", 0, 70.0))
+    t = report.collect(tmp_path)
+    assert t.reference is None and "No reference distiller" in report.render(t, "md")
+
+
+def test_usage_errors(runs, tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        report.collect(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no run records"):
+        report.collect(tmp_path / "empty")
+    with pytest.raises(UsageError, match="pass its parent"):
+        report.collect(runs / "tiny")
+    with pytest.raises(UsageError, match="valid choices: dkd, fitnet, kd, vanilla"):
+        report.collect(runs, reference="ofa")
+    with pytest.raises(UsageError, match="valid choices: tiny"):
+        report.collect(runs, preset="smoke")
+    write(runs, "smoke", SWIN_R18, "kd", 0, record("smoke", SWIN_R18, "kd", 0, 50.0))
+    with pytest.raises(UsageError, match="several presets.*smoke, tiny"):
+        report.collect(runs)
+    assert report.collect(runs, preset="smoke").preset == "smoke"
+    with pytest.raises(UsageError, match="unknown format"):
+        report.render(report.collect(runs, preset="tiny"), "html")
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="kdbench")
+    report.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_command_line_and_plots(runs, tmp_path, capsys):
+    import matplotlib.image as mpimg
+    plot = tmp_path / "figs" / "lb.png"
+    assert run_cli(["leaderboard", "--out", str(runs), "--format", "csv", "--plot", str(plot)]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("preset,dataset,group") and "lb-pairs.png" in out.err
+    for path in (plot, tmp_path / "figs" / "lb-pairs.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+        img = mpimg.imread(path)
+        assert img.shape[0] > 200 and img.std() > 0.05           # not a blank canvas
+    assert run_cli(["leaderboard", "--out", str(runs), "--reference", "dkd"]) == 0
+    assert "better / worse than `dkd`" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="valid choices"):
+        run_cli(["leaderboard", "--out", str(runs), "--reference", "nope"])
+
+
+def test_cd_plot_needs_rankable_data(tmp_path):
+    write(tmp_path, "tiny", SWIN_R18, "kd", 0, record("tiny", SWIN_R18, "kd", 0, 70.0))
+    with pytest.raises(UsageError, match="cannot draw a CD diagram"):
+        report.plot_cd(report.collect(tmp_path), tmp_path / "cd.png")
+    assert report.plot_paths("x/lb") == (report.Path("x/lb.png"), report.Path("x/lb-pairs.png"))
