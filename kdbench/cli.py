@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .report import add_parser as add_leaderboard
     add_leaderboard(sub)
 
+    viz = sub.add_parser("viz", help="pictures of what a trained distiller learned")
+    viz.add_argument("what", choices=["attention"], help="attention: PAT's region-attention map")
+    viz.add_argument("--run", required=True, help="a PAT run directory (<out>/<preset>/<T>__<S>/pat/seed<k>)")
+    viz.add_argument("--out", required=True, metavar="FILE.png")
+    viz.add_argument("--images", type=int, default=256, help="test images averaged over")
+    viz.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
     bench = sub.add_parser("bench", help="training-step throughput, memory and parameter counts per distiller")
     bench.add_argument("--pair", default="all", help="T:S (paper or preset-scale names), a set, or all")
     bench.add_argument("--distillers", default="kd", help="NAME[,NAME..] | all")
@@ -73,7 +80,7 @@ def main(argv: List[str] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach, "bench": cmd_bench,
-                "leaderboard": cmd_leaderboard}[args.command](args)
+                "leaderboard": cmd_leaderboard, "viz": cmd_viz}[args.command](args)
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
@@ -178,6 +185,11 @@ def print_leaderboard(plan: "Plan"):
         print(render(collect(plan.out, plan.preset.name), "md"), end="")
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
         log(f"kdbench: no leaderboard ({exc})")
+
+
+def cmd_viz(args) -> int:
+    from .viz import cmd_viz as viz
+    return viz(args)
 
 
 def cmd_leaderboard(args) -> int:

@@ -1,5 +1,6 @@
 """Pair sets, grid expansion and run directories."""
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -98,17 +99,47 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
                 overrides: Dict[str, object], compile_: bool = False) -> List[RunConfig]:
     """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
     per-method defaults, then the `--set` overrides (validated here, before anything runs)."""
-    from .registry import DISTILLERS
     from .teachers import model_kind
+    configs = {name: distiller_config(name, preset, overrides, distillers) for name in distillers}
     runs = []
     for pair in pairs:
         teacher, student = pair.scaled(preset)
         recipe = apply_overrides(getattr(preset, model_kind(student, data.img_size)), overrides, "recipe")
         for name in distillers:
-            cls = DISTILLERS.get(name)
-            dcfg = build(cls.Config, dict(preset.distillers.get(name, {})), f"distiller {name}")
-            dcfg = apply_overrides(dcfg, overrides, "distiller")
             runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed, distiller=name,
-                                  distiller_config=dcfg, recipe=recipe, data=data, teacher_config=teacher_cfg,
-                                  compile=compile_) for seed in seeds)
+                                  distiller_config=configs[name], recipe=recipe, data=data,
+                                  teacher_config=teacher_cfg, compile=compile_) for seed in seeds)
     return runs
+
+
+def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], grid: List[str]):
+    """The config of distiller `name`: its defaults, the preset's, then the `--set` keys that apply.
+
+    `distiller.FIELD=v` applies to every distiller of the grid that has FIELD (an error if none
+    has it); `distiller.NAME.FIELD=v` to distiller NAME only.
+    """
+    from .registry import DISTILLERS
+    cls = DISTILLERS.get(name)
+    cfg = build(cls.Config, dict(preset.distillers.get(name, {})), f"distiller {name}")
+    mine = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] != "distiller" or len(parts) < 2:
+            continue
+        if parts[1] in DISTILLERS:
+            if len(parts) < 3:
+                raise UsageError(f"--set {key}: name a field, e.g. distiller.{parts[1]}.<field>=value")
+            if parts[1] not in grid:
+                raise UsageError(f"--set {key}: distiller '{parts[1]}' is not in this grid ({', '.join(grid)})")
+            if parts[1] == name:
+                mine["distiller." + ".".join(parts[2:])] = value
+        elif parts[1] in _fields(cls.Config):
+            mine[key] = value
+        elif not any(parts[1] in _fields(DISTILLERS.get(n).Config) for n in grid):
+            valid = sorted(set().union(*(_fields(DISTILLERS.get(n).Config) for n in grid)))
+            raise unknown_choice(f"key '{key}' for {', '.join(grid)}; field", parts[1], valid)
+    return apply_overrides(cfg, mine, "distiller")
+
+
+def _fields(cls) -> set:
+    return {f.name for f in dataclasses.fields(cls)}

@@ -78,3 +78,28 @@ def test_smoke_grid_all_pairs_every_baseline(tmp_path):
     assert len(list((out / "teachers" / "smoke").glob("*/manifest.json"))) == 4
     assert "kdbench leaderboard: preset smoke" in proc.stdout
     assert "kdbench_swin_t_xs → kdbench_resnet18_xs" in proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_grid_pat_then_attention_picture(tmp_path):
+    """PAT's acceptance command, then `kdbench viz attention` on one of its runs."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "pat", "--pairs", "all",
+                           "--preset", "smoke", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = records(out)
+    assert len(recs) == 12 and all(r["status"] == "done" and r["distiller"] == "pat" for r in recs)
+    assert all(r["extra_params"] > 0 and r["config"]["distiller"]["dim"] == 32 for r in recs)   # the preset's d
+    run = out / "smoke" / "kdbench_convnext_t_xs__kdbench_deit_t_xs" / "pat" / "seed0"
+    png = tmp_path / "attn.png"
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "viz", "attention", "--run", str(run), "--out", str(png),
+                           "--images", "64"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rows = [line for line in proc.stdout.splitlines() if line.strip().startswith("stage")]
+    assert len(rows) == 4
+    for line in rows:        # each query stage's attention mass over the four key stages sums to 1
+        assert sum(float(v) for v in line.split(":")[1].split()) == pytest.approx(1.0, abs=0.01)
+    bad = subprocess.run([sys.executable, "-m", "kdbench", "viz", "attention", "--run", str(tmp_path),
+                          "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr and not (tmp_path / "x.png").exists()

@@ -1,0 +1,339 @@
+"""PAT (Perspective-Aware Teaching, ICCV 2025; algorithms.md §2.6 and §3).
+
+Region-Aware Attention (RAA) mixes the student's four stages in one self-attention over N_q
+region tokens; per-stage aligners map them onto the teacher's stage shapes; Adaptive Feedback
+Prompts (AFP) enter the teacher's stages through `FeatureModel.stage_inputs` pre-hooks; the loss is
+CE + alpha*KD(clean teacher) + beta*sum_i HCL(aligned_i, prompted teacher_i) + gamma*KL(p_T || p_T').
+
+The default is the corrected method (§3.6 items 1-7). `faithful=true` reproduces the official
+code's behaviours item by item (`FAITHFUL_ITEMS`); `faithful_items=[...]` selects some of them.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.models import StageSpec
+from kdbench.registry import register_distiller
+
+from .adapters import StageAligner, map_to_tokens, resize_map, tokens_to_map
+from .base import Distiller, DistillOutput, TaskConfig
+from .fitnet import check_stages
+from .losses import hcl_loss, kd_loss
+
+FAITHFUL_ITEMS = {
+    "token_permute": "PromptBlock returns token maps by a plain reshape, without the inverse permute (§3.6.1)",
+    "last_token_cls": "the cls token is taken to be the last token, wherever the prefix is (§3.6.2)",
+    "se_gate_only": "SEBlock returns its gate, so prompts collapse to a per-channel constant (§3.6.3)",
+    "pe_by_batch": "the positional encoding is indexed by sample in the batch, not by token (§3.6.4)",
+    "teacher_train_first_step": "the clean teacher runs in train mode on each epoch's first step (§3.6.5)",
+}
+FEEDBACK = ("prev", "none", "current")
+
+
+@dataclass
+class PATConfig(TaskConfig):
+    """Defaults are the official code's (alpha = beta = gamma = 1, T = 1, N_q = 64, d = 512, 8 heads,
+    prompts before all four teacher stages, feedback from the previous batch)."""
+
+    kd_weight: float = 1.0          # alpha
+    temperature: float = 1.0
+    feat_weight: float = 1.0        # beta: the HCL feature loss
+    reg_weight: float = 1.0         # gamma: KL(p_T || p_T')
+    num_queries: int = 64           # N_q = 4 * p^2: a p x p region grid per stage
+    dim: int = 512                  # d
+    heads: int = 8
+    raa: bool = True                # off: plain per-stage aligners (FitNet + HCL)
+    afp: bool = True                # off: no prompts, no regulariser, clean teacher targets
+    afp_stages: Tuple[int, ...] = (1, 2, 3, 4)
+    feedback: str = "prev"          # prev (previous batch) | none | current (this batch, detached)
+    faithful: bool = False
+    faithful_items: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_stages(self.afp_stages, "afp_stages")
+        p = math.isqrt(max(self.num_queries // 4, 0))
+        if self.num_queries < 4 or self.num_queries % 4 or p * p != self.num_queries // 4:
+            raise ValueError(f"num_queries must be 4 x a square (16, 36, 64, 144, ...), got {self.num_queries}")
+        if self.dim < 1 or self.heads < 1 or self.dim % self.heads:
+            raise ValueError(f"dim must be a positive multiple of heads, got dim={self.dim}, heads={self.heads}")
+        if self.feedback not in FEEDBACK:
+            raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)}, got '{self.feedback}'")
+        unknown = set(self.faithful_items) - set(FAITHFUL_ITEMS)
+        if unknown:
+            raise ValueError(f"unknown faithful_items {sorted(unknown)}; valid: {', '.join(FAITHFUL_ITEMS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def items(self) -> frozenset:
+        """The official behaviours reproduced by this configuration."""
+        return frozenset(FAITHFUL_ITEMS) if self.faithful else frozenset(self.faithful_items)
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(self.num_queries // 4)
+
+
+# -- tokens <-> maps, corrected or as the official code does it ------------------------------
+def grid_part(x: torch.Tensor, spec: StageSpec, last_token_cls: bool):
+    """(the spatial tokens as an NCHW map, the other tokens). Corrected: the prefix tokens are the
+    first `prefix_tokens` (timm's order); official: the last ones (§3.6.2)."""
+    if spec.layout == "map":
+        return x, None
+    p, n = spec.prefix_tokens, spec.num_tokens - spec.prefix_tokens
+    spatial, rest = (x[:, :n], x[:, n:]) if last_token_cls else (x[:, p:], x[:, :p])
+    return tokens_to_map(spatial, spec.grid), rest
+
+
+def back_to_tokens(m: torch.Tensor, rest: Optional[torch.Tensor], last_token_cls: bool, permute_bug: bool):
+    """Inverse of `grid_part`; with `permute_bug`, the official plain reshape (§3.6.1)."""
+    b, c = m.shape[:2]
+    tokens = m.reshape(b, -1, c) if permute_bug else map_to_tokens(m)
+    if rest is None or rest.shape[1] == 0:
+        return tokens
+    return torch.cat([tokens, rest] if last_token_cls else [rest, tokens], dim=1)
+
+
+@lru_cache(maxsize=16)
+def _sinusoid_cpu(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
+    pe = torch.zeros(n, d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
+    return pe.float()
+
+
+def sinusoid(n: int, d: int, like: torch.Tensor) -> torch.Tensor:
+    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d)."""
+    return _sinusoid_cpu(n, d).to(device=like.device, dtype=like.dtype)
+
+
+# -- Region-Aware Attention -----------------------------------------------------------------
+class RegionProjector(nn.Module):
+    """A student stage -> p x p region tokens of width d: nearest-upsample to k*p (k = ceil(H/p)),
+    then a k x k patch-embedding conv with stride k (§3.2)."""
+
+    def __init__(self, spec: StageSpec, p: int, dim: int, last_token_cls: bool):
+        super().__init__()
+        self.spec, self.last_token_cls = spec, last_token_cls
+        k = (math.ceil(spec.grid[0] / p), math.ceil(spec.grid[1] / p))
+        self.size = (k[0] * p, k[1] * p)
+        self.conv = nn.Conv2d(spec.channels, dim, kernel_size=k, stride=k)
+
+    def forward(self, x):
+        m, _ = grid_part(x, self.spec, self.last_token_cls)
+        if tuple(m.shape[-2:]) != self.size:
+            m = F.interpolate(m, size=self.size, mode="nearest")
+        return map_to_tokens(self.conv(m))
+
+
+class RegionAttention(nn.Module):
+    """One self-attention over the N_q region tokens of all four student stages: shared LayerNorm,
+    q and kv projections, sinusoidal PE on q and k, no output projection, residual or MLP (§3.2)."""
+
+    def __init__(self, specs: List[StageSpec], cfg: PATConfig):
+        super().__init__()
+        self.heads, self.pe_by_batch = cfg.heads, "pe_by_batch" in cfg.items
+        self.projectors = nn.ModuleList(RegionProjector(s, cfg.grid, cfg.dim, "last_token_cls" in cfg.items)
+                                        for s in specs)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.keep_attention = False          # set by `kdbench viz attention`
+        self.attention: Optional[torch.Tensor] = None
+
+    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        e = torch.cat([proj(f) for proj, f in zip(self.projectors, feats)], dim=1)
+        b, n, d = e.shape
+        h = self.norm(e)
+        q, (k, v) = self.q(h), self.kv(h).chunk(2, dim=-1)
+        pe = sinusoid(b, d, q)[:, None] if self.pe_by_batch else sinusoid(n, d, q)[None]
+        q, k = q + pe, k + pe
+        q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        if self.keep_attention:
+            attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+            self.attention = attn.mean(dim=1).detach()
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return list(out.transpose(1, 2).reshape(b, n, d).chunk(len(self.projectors), dim=1))
+
+
+class RegionToStage(nn.Module):
+    """(B, p^2, d) region tokens -> the teacher stage's spatial map (§3.2's aligners M_i).
+    Map teacher: upsample (nearest; area-pool when the teacher grid is smaller) -> BN -> 1x1 conv.
+    Token teacher: BN over positions -> Linear d->D_t -> BN -> Linear p^2 -> L_t (token mixing)."""
+
+    def __init__(self, p: int, dim: int, teacher: StageSpec):
+        super().__init__()
+        self.p, self.teacher = p, teacher
+        c, grid = teacher.channels, teacher.grid
+        if teacher.layout == "map":
+            self.norm, self.proj = nn.BatchNorm2d(dim), nn.Conv2d(dim, c, 1, bias=False)
+        else:
+            self.pos_norm, self.channel = nn.BatchNorm1d(p * p), nn.Linear(dim, c)
+            self.norm, self.mix = nn.BatchNorm1d(c), nn.Linear(p * p, grid[0] * grid[1])
+
+    def forward(self, tokens):
+        grid = self.teacher.grid
+        if self.teacher.layout == "map":
+            m = tokens_to_map(tokens, (self.p, self.p))
+            m = F.interpolate(m, size=grid, mode="nearest") if grid[0] >= self.p else resize_map(m, grid)
+            return self.proj(self.norm(m))
+        x = self.norm(self.channel(self.pos_norm(tokens)).transpose(1, 2))      # (B, D_t, p^2)
+        return self.mix(x).reshape(x.shape[0], x.shape[1], *grid)
+
+
+# -- Adaptive Feedback Prompts --------------------------------------------------------------
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation, r = 16. Corrected: x * gate. Official: the gate alone (§3.6.3)."""
+
+    def __init__(self, c: int, gate_only: bool):
+        super().__init__()
+        self.gate_only = gate_only
+        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, max(c // 16, 1), 1), nn.ReLU(),
+                                nn.Conv2d(max(c // 16, 1), c, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        gate = self.fc(x)
+        return gate if self.gate_only else x * gate
+
+
+class PromptBlock(nn.Module):
+    """x + beta * PB(u), u = FB([x, aligned feedback]) (or x without feedback); beta starts at 0,
+    so a fresh block leaves the teacher unchanged (§3.3). Works on NCHW maps."""
+
+    def __init__(self, stage_in: StageSpec, stage_out: StageSpec, gate_only: bool, with_feedback: bool):
+        super().__init__()
+        c, co = stage_in.channels, stage_out.channels
+        g = math.gcd(4, c)
+
+        def conv(i, o, k=1, groups=1):
+            return nn.Conv2d(i, o, k, padding=k // 2, groups=groups)
+
+        self.fb_align = None
+        if with_feedback and (co, tuple(stage_out.grid)) != (c, tuple(stage_in.grid)):
+            self.in_grid = tuple(stage_in.grid)
+            self.fb_align = nn.Sequential(nn.BatchNorm2d(co), nn.Conv2d(co, c, 1, bias=False))
+        self.fuse = nn.Sequential(conv(2 * c, c), conv(c, c, 5), conv(c, c), SEBlock(c, gate_only), conv(c, c)) \
+            if with_feedback else None
+        self.prompt = nn.Sequential(conv(c, c, groups=g), conv(c, c, 5, groups=c), conv(c, c), SEBlock(c, gate_only),
+                                    conv(c, c, groups=g))
+        self.beta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, feedback=None):
+        u = x
+        if feedback is not None and self.fuse is not None:
+            if self.fb_align is not None:
+                feedback = self.fb_align(F.interpolate(feedback, size=self.in_grid, mode="nearest"))
+            u = self.fuse(torch.cat([x, feedback.to(x.dtype)], dim=1))
+        return x + self.beta * self.prompt(u)
+
+
+class FeedbackState(nn.Module):
+    """Per-stage feedback (student aligned - prompted teacher target, detached) from the previous
+    step, kept in the checkpoint through `get_extra_state` so a resumed run continues exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.maps: Dict[int, torch.Tensor] = {}
+
+    def get_extra_state(self):
+        return {str(k): v for k, v in self.maps.items()}
+
+    def set_extra_state(self, state):
+        self.maps = {int(k): v for k, v in (state or {}).items()}
+
+
+# -- the distiller --------------------------------------------------------------------------
+@register_distiller("pat")
+class PAT(Distiller):
+    Config = PATConfig
+
+    def __init__(self, student, teacher, cfg: PATConfig, **kw):
+        super().__init__(student, teacher, cfg, **kw)
+        items, s_specs, t_specs = cfg.items, student.stage_specs, teacher.stage_specs
+        self.last_cls, self.permute_bug = "last_token_cls" in items, "token_permute" in items
+        if cfg.raa:
+            self.raa = RegionAttention(s_specs, cfg)
+            self.aligners = nn.ModuleList(RegionToStage(cfg.grid, cfg.dim, t) for t in t_specs)
+        else:
+            self.raa = None
+            self.aligners = nn.ModuleList(StageAligner(s, t) for s, t in zip(s_specs, t_specs))
+        self.prompts = nn.ModuleDict()
+        if cfg.afp:
+            for s in cfg.afp_stages:
+                self.prompts[str(s)] = PromptBlock(teacher.input_specs[s - 1], t_specs[s - 1],
+                                                   "se_gate_only" in items, cfg.feedback != "none")
+        self.feedback = FeedbackState()
+        self._first_step = False
+
+    def set_progress(self, epoch: int, epochs: int):
+        super().set_progress(epoch, epochs)
+        self._first_step = True
+
+    def forward(self, images, labels):
+        cfg = self.cfg
+        logits, s_feats = self.student(images)
+        t_logits, t_feats = self._clean_teacher(images)
+        aligned = self.aligners_out(s_feats)
+        t_specs = self.teacher.stage_specs
+        losses = {"gt": self.gt_loss(logits, labels),
+                  "kd": cfg.kd_weight * kd_loss(logits, t_logits, cfg.temperature)}
+        if cfg.afp:
+            feedback = self._feedback(images.shape[0], aligned, t_feats)
+            transforms = {s - 1: self._prompt_fn(s, feedback.get(s)) for s in cfg.afp_stages}
+            with self.teacher.stage_inputs(transforms):
+                p_logits, p_feats = self.teacher(images)      # a graph through the frozen teacher
+            losses["pat_reg"] = cfg.reg_weight * kd_loss(p_logits, t_logits, 1.0)
+        else:
+            p_feats = t_feats
+        targets = [grid_part(f, spec, self.last_cls)[0] for f, spec in zip(p_feats, t_specs)]
+        losses["pat_fd"] = cfg.feat_weight * sum(hcl_loss(a, t) for a, t in zip(aligned, targets))
+        if cfg.afp and cfg.feedback == "prev" and self.training:
+            self.feedback.maps = {s: (aligned[s - 1] - targets[s - 1]).detach() for s in cfg.afp_stages}
+        return DistillOutput(logits, losses)
+
+    def aligners_out(self, s_feats):
+        """The student's four stages mapped onto the teacher's stage maps (through RAA if on)."""
+        regions = self.raa(s_feats) if self.raa is not None else s_feats
+        return [al(r) for al, r in zip(self.aligners, regions)]
+
+    def _clean_teacher(self, images):
+        train_first = "teacher_train_first_step" in self.cfg.items and self.training and self._first_step
+        self._first_step = False
+        if train_first:                # the official order: teacher.eval() comes after this pass
+            self.teacher.train()
+        try:
+            with torch.no_grad():
+                return self.teacher(images)
+        finally:
+            self.teacher.eval()
+
+    def _feedback(self, batch: int, aligned, t_feats) -> Dict[int, torch.Tensor]:
+        if self.cfg.feedback == "none":
+            return {}
+        if self.cfg.feedback == "current":
+            t_specs = self.teacher.stage_specs
+            return {s: aligned[s - 1].detach() - grid_part(t_feats[s - 1], t_specs[s - 1], self.last_cls)[0]
+                    for s in self.cfg.afp_stages}
+        # previous batch: sliced when this batch is smaller, skipped when it is larger
+        return {s: f[:batch] for s, f in self.feedback.maps.items() if f.shape[0] >= batch}
+
+    def _prompt_fn(self, stage: int, feedback):
+        block, spec = self.prompts[str(stage)], self.teacher.input_specs[stage - 1]
+
+        def fn(x):
+            m, rest = grid_part(x, spec, self.last_cls)
+            y = block(m, feedback)
+            if spec.layout == "map":
+                return y
+            return back_to_tokens(y, rest, self.last_cls, self.permute_bug)
+        return fn
