@@ -206,6 +206,21 @@ class SEBlock(nn.Module):
         return gate if self.gate_only else x * gate
 
 
+class SameConv2d(nn.Conv2d):
+    """A stride-1 'same'-padded conv that skips the kernel taps which only ever meet zero padding
+    (maps smaller than the kernel, e.g. a 5x5 conv on the 1x1 or 2x2 maps of late teacher stages):
+    the same output and gradients for much less work."""
+
+    def forward(self, x):
+        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
+        eh, ew = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
+        if (eh, ew) == (kh, kw):
+            return super().forward(x)
+        oh, ow = (kh - eh) // 2, (kw - ew) // 2
+        weight = self.weight[:, :, oh:oh + eh, ow:ow + ew]
+        return F.conv2d(x, weight, self.bias, 1, (eh // 2, ew // 2), 1, self.groups)
+
+
 class PromptBlock(nn.Module):
     """x + beta * PB(u), u = FB([x, aligned feedback]) (or x without feedback); beta starts at 0,
     so a fresh block leaves the teacher unchanged (§3.3). Works on NCHW maps."""
@@ -216,7 +231,7 @@ class PromptBlock(nn.Module):
         g = math.gcd(4, c)
 
         def conv(i, o, k=1, groups=1):
-            return nn.Conv2d(i, o, k, padding=k // 2, groups=groups)
+            return SameConv2d(i, o, k, padding=k // 2, groups=groups)
 
         self.fb_align = None
         if with_feedback and (co, tuple(stage_out.grid)) != (c, tuple(stage_in.grid)):

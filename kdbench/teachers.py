@@ -16,6 +16,7 @@ from .data import DataConfig, build_loaders
 from .engine import Trainer, evaluate
 from .errors import UsageError
 from .models import FeatureModel, create_feature_model, create_model, family_of
+from .models.families import recipe_kind
 from .results import atomic_torch_save, atomic_write_json
 from distillers.base import TaskConfig
 
@@ -25,9 +26,8 @@ WEIGHTS = "model.pt"
 
 @lru_cache(maxsize=None)
 def model_kind(name: str, img_size: int) -> str:
-    """'cnn' (map family) or 'vit_mlp' (token family): which of the preset's recipes applies."""
-    model = create_model(name, num_classes=10, in_chans=3, img_size=img_size)
-    return "cnn" if family_of(model).layout == "map" else "vit_mlp"
+    """'cnn' or 'vit_mlp': which of the preset's recipes trains this model (the family table's choice)."""
+    return recipe_kind(family_of(create_model(name, num_classes=10, in_chans=3, img_size=img_size)))
 
 
 def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig) -> RunConfig:

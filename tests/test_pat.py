@@ -301,3 +301,21 @@ def test_paper_scale_pat_parameters(capsys):
     assert len(rows) == 12
     for r in rows:
         assert r["extra_params"] / 1e6 == pytest.approx(PAPER_PAT[r["student"]][r["teacher"]], abs=0.006), r
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_same_conv_skipping_padding_taps_is_exact(size, groups):
+    from distillers.pat import SameConv2d
+    torch.manual_seed(0)
+    conv = SameConv2d(8, 8, 5, padding=2, groups=groups).double()
+    ref = torch.nn.Conv2d(8, 8, 5, padding=2, groups=groups).double()
+    ref.load_state_dict(conv.state_dict())
+    x1 = torch.randn(3, 8, size, size, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = conv(x1), ref(x2)
+    assert torch.allclose(y1, y2, atol=1e-12)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-12)
+    assert torch.allclose(conv.weight.grad, ref.weight.grad, atol=1e-12)

@@ -25,6 +25,7 @@ class Family:
     stage_modules: Tuple[str, ...] = ()             # pre-hook targets, "{start}" = first block of stage
     final_is_last_stage: bool = False               # stage 4 is the `final` feature (MobileNetV2)
     channels_last: bool = False                     # faster on CPU and GPU for this family
+    recipe: str = ""                                # preset recipe: "cnn" or "vit_mlp"; "" = by layout
     intermediate_kwargs: Tuple[Tuple[str, object], ...] = ()
 
 
@@ -35,8 +36,8 @@ FAMILIES = {
                stage_modules=("layer1", "layer2", "layer3", "layer4"), channels_last=True),
         Family("efficientnet", "map", "nchw", indices=(1, 2, 3), final_is_last_stage=True,
                stage_modules=("blocks.1", "blocks.2", "blocks.3", "blocks.5"), channels_last=True),
-        Family("convnext", "map", "nchw", indices=(0, 1, 2, 3),
-               stage_modules=("stages.0", "stages.1", "stages.2", "stages.3")),
+        Family("convnext", "map", "nchw", indices=(0, 1, 2, 3),   # trained like a ViT (AdamW), as published
+               stage_modules=("stages.0", "stages.1", "stages.2", "stages.3"), recipe="vit_mlp"),
         Family("vision_transformer", "tokens", "nlc", block_fractions=(2, 4, 10, 12),
                stage_modules=("blocks.{start}",) * 4,
                intermediate_kwargs=(("output_fmt", "NLC"), ("return_prefix_tokens", True))),
@@ -46,6 +47,11 @@ FAMILIES = {
                stage_modules=("blocks.{start}",) * 4, intermediate_kwargs=(("output_fmt", "NLC"),)),
     )
 }
+def recipe_kind(family: Family) -> str:
+    """Which of a preset's two recipes trains this family: 'cnn' or 'vit_mlp'."""
+    return family.recipe or ("cnn" if family.layout == "map" else "vit_mlp")
+
+
 # timm modules whose classes reuse a family above.
 ALIASES = {"deit": "vision_transformer"}
 
