@@ -259,12 +259,15 @@ class FeedbackState(nn.Module):
     def __init__(self):
         super().__init__()
         self.maps: Dict[int, torch.Tensor] = {}
+        self.stepped_epoch = -1         # the last epoch whose first training step has run
 
     def get_extra_state(self):
-        return {str(k): v for k, v in self.maps.items()}
+        return {"maps": {str(k): v for k, v in self.maps.items()}, "stepped_epoch": self.stepped_epoch}
 
     def set_extra_state(self, state):
-        self.maps = {int(k): v for k, v in (state or {}).items()}
+        state = state or {}
+        self.maps = {int(k): v for k, v in state.get("maps", {}).items()}
+        self.stepped_epoch = int(state.get("stepped_epoch", -1))
 
 
 # -- the distiller --------------------------------------------------------------------------
@@ -288,11 +291,6 @@ class PAT(Distiller):
                 self.prompts[str(s)] = PromptBlock(teacher.input_specs[s - 1], t_specs[s - 1],
                                                    "se_gate_only" in items, cfg.feedback != "none")
         self.feedback = FeedbackState()
-        self._first_step = False
-
-    def set_progress(self, epoch: int, epochs: int):
-        super().set_progress(epoch, epochs)
-        self._first_step = True
 
     def forward(self, images, labels):
         cfg = self.cfg
@@ -322,9 +320,10 @@ class PAT(Distiller):
         return [al(r) for al, r in zip(self.aligners, regions)]
 
     def _clean_teacher(self, images):
-        train_first = "teacher_train_first_step" in self.cfg.items and self.training and self._first_step
-        self._first_step = False
-        if train_first:                # the official order: teacher.eval() comes after this pass
+        first = self.training and self.feedback.stepped_epoch != self.epoch
+        if self.training:
+            self.feedback.stepped_epoch = self.epoch
+        if first and "teacher_train_first_step" in self.cfg.items:                # the official order: teacher.eval() comes after this pass
             self.teacher.train()
         try:
             with torch.no_grad():

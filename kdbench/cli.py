@@ -214,9 +214,14 @@ def cmd_bench(args) -> int:
 
 
 def execute(plan: Plan, fresh: bool = False) -> int:
+    """Run the plan's missing cells, teacher by teacher. SIGINT/SIGTERM finish the current step,
+    save a checkpoint and stop (exit 130/143); a rerun resumes. Cells that another kdbench
+    process holds (a lock in the run directory) are left to it."""
+    from .engine import Interrupted
     from .grid import run_dir
+    from .locks import RunLock
     from .registry import DISTILLERS
-    from .results import read_record
+    from .results import atomic_write_json, read_record
     todo, skipped = [], 0
     for run in plan.runs:
         rdir = run_dir(plan.out, run.preset, run.teacher, run.student, run.distiller, run.seed)
@@ -228,55 +233,113 @@ def execute(plan: Plan, fresh: bool = False) -> int:
             skipped += 1
             continue
         todo.append((run, rdir))
-    if fresh:
-        for _, rdir in todo:
-            shutil.rmtree(rdir, ignore_errors=True)
     log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
     # Order: by teacher, so each teacher is trained (or loaded) once and then reused.
     order = {t: i for i, t in enumerate(plan.teachers)}
     todo.sort(key=lambda x: order[x[0].teacher])
-    teachers, failed, t0 = {}, 0, time.perf_counter()
-    for k, (run, rdir) in enumerate(todo, 1):
-        label = f"[{k}/{len(todo)}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
-        log(label)
-        try:
-            teacher, manifest = None, None
-            if DISTILLERS.get(run.distiller).requires_teacher:
-                if run.teacher not in teachers:
-                    teachers = {run.teacher: _teacher(plan, run.teacher)}   # keep one teacher in memory
-                teacher, manifest = teachers[run.teacher]
-                if isinstance(teacher, Exception):
-                    raise teacher
-            record = _train(run, rdir, plan, teacher, manifest, label)
-        except UsageError:
-            raise
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one failed run never stops the grid
-            failed += 1
-            record = _failed_record(run, exc)
-            log(f"  FAILED: {record['error']}")
-        from .results import atomic_write_json
-        atomic_write_json(rdir / "result.json", record)
-    log(f"kdbench: finished {len(todo)} runs in {time.perf_counter() - t0:.0f}s, {failed} failed; "
-        f"records under {plan.out / plan.preset.name}")
+    teachers, failed, busy, t0 = {}, 0, 0, time.perf_counter()
+    with StopOnSignal() as stop:
+        for k, (run, rdir) in enumerate(todo, 1):
+            label = f"[{k}/{len(todo)}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
+            if stop():
+                log(f"kdbench: {stop.name} received; stopped before {label}; rerun the same command to go on")
+                return 128 + stop.signum
+            lock = RunLock(rdir)
+            if not lock.try_acquire():
+                busy += 1
+                log(f"{label}: running in another process ({lock.owner()}); skipped")
+                continue
+            try:
+                if fresh:
+                    _clear_run_dir(rdir)
+                elif (rec := read_record(rdir)) is not None and rec.get("status") == "done":
+                    continue                           # finished by another process meanwhile
+                log(label)
+                try:
+                    teacher, manifest = None, None
+                    if DISTILLERS.get(run.distiller).requires_teacher:
+                        if run.teacher not in teachers:
+                            teachers = {run.teacher: _teacher(plan, run.teacher, stop)}   # keep one in memory
+                        teacher, manifest = teachers[run.teacher]
+                        if isinstance(teacher, Exception):
+                            raise teacher
+                    record = _train(run, rdir, plan, teacher, manifest, label, stop, lock)
+                except (UsageError, KeyboardInterrupt, Interrupted):
+                    raise
+                except Exception as exc:  # one failed run never stops the grid
+                    failed += 1
+                    record = _failed_record(run, exc)
+                    log(f"  FAILED: {record['error']}")
+                atomic_write_json(rdir / "result.json", record)
+            except Interrupted as exc:
+                log(f"kdbench: {stop.name} received: {label} {exc}; rerun the same command to resume")
+                return 128 + stop.signum
+            finally:
+                lock.release()
+    log(f"kdbench: finished {len(todo) - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
+        + (f", {busy} left to other processes" if busy else "") + f"; records under {plan.out / plan.preset.name}")
     return 1 if failed else 0
 
 
-def _teacher(plan: Plan, name: str):
+def _clear_run_dir(rdir: Path):
+    """--fresh: remove a run's record, checkpoint and metrics (not the lock we hold)."""
+    for path in rdir.iterdir():
+        if path.name != ".lock":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+class StopOnSignal:
+    """Within the block, the first SIGINT/SIGTERM asks the running training to stop at the end of
+    its current step (it saves a checkpoint); a second one interrupts at once."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    @property
+    def name(self) -> str:
+        import signal
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log(f"kdbench: {self.name}: finishing the current step and saving a checkpoint (again to abort)")
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _teacher(plan: Plan, name: str, stop):
+    from .engine import Interrupted
     from .teachers import get_teacher
     try:
-        return get_teacher(plan.preset, name, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device, log=log)
-    except UsageError:
+        return get_teacher(plan.preset, name, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device, log=log,
+                           should_stop=stop)
+    except (UsageError, Interrupted):
         raise
     except Exception as exc:
         return exc, None
 
 
-def _train(run, rdir, plan, teacher, manifest, label):
+def _train(run, rdir, plan, teacher, manifest, label, stop, lock):
     from .engine import Trainer
     trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
-                      teacher_top1=manifest["top1"] if manifest else None, log=log, label=label)
+                      teacher_top1=manifest["top1"] if manifest else None, log=log, label=label,
+                      should_stop=stop, on_epoch=lock.refresh)
     return trainer.fit()
 
 

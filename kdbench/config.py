@@ -6,6 +6,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
@@ -132,14 +133,26 @@ def preset_names() -> List[str]:
 
 
 def load_preset(name: str) -> Preset:
-    if name not in preset_names():
-        raise unknown_choice("preset", name, preset_names())
-    text = resources.files("benchmarks").joinpath("presets", f"{name}.yaml").read_text()
+    """A built-in preset by name, or a user preset from a YAML file (a path ending in .yaml/.yml)."""
+    if name.endswith((".yaml", ".yml")):
+        try:
+            text = Path(name).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read preset file {name}: {exc.strerror if isinstance(exc, OSError) else exc}; "
+                             f"built-in presets: {', '.join(preset_names())}") from None
+    elif name in preset_names():
+        text = resources.files("benchmarks").joinpath("presets", f"{name}.yaml").read_text()
+    else:
+        raise unknown_choice("preset", name, preset_names() + ["FILE.yaml"])
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"preset '{name}' is not valid YAML: {exc}") from exc
-    return build(Preset, raw, f"preset {name}")
+        first = str(exc).replace("\n", " ")
+        raise UsageError(f"preset '{name}' is not valid YAML: {first}") from None
+    preset = build(Preset, raw, f"preset {name}")
+    if not preset.name:
+        raise UsageError(f"preset '{name}' needs a name")
+    return preset
 
 
 def build(cls, raw, where: str):

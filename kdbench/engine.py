@@ -28,6 +28,10 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN/inf: the run is failed, not averaged."""
 
 
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM): a checkpoint of the last finished step was saved."""
+
+
 def make_criterion(label_smoothing: float) -> Callable:
     """CE with label smoothing for hard labels; soft-target CE for mixup/cutmix targets."""
     def criterion(logits, target):
@@ -158,8 +162,10 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: Path, *, device: torch.device,
                  teacher: Optional[FeatureModel] = None, teacher_top1: Optional[float] = None,
-                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), label: str = ""):
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), label: str = "",
+                 should_stop: Callable[[], bool] = lambda: False, on_epoch: Callable[[], None] = lambda: None):
         self.run, self.run_dir, self.device = run, Path(run_dir), device
+        self.should_stop, self.on_epoch = should_stop, on_epoch
         self.teacher_top1, self.log, self.label = teacher_top1, log, label
         r = run.recipe
         self.train_loader, self.eval_loader, self.info = build_loaders(
@@ -177,10 +183,11 @@ class Trainer:
         self.forward = torch.compile(self.distiller) if run.compile else self.distiller
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
+        self.partial = None          # progress inside an epoch, from a checkpoint saved on a stop request
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self, wall: float):
-        state = {"config_hash": self.run.hash(), "epoch": self.epoch, "step": self.step,
+    def save_checkpoint(self, wall: float, partial: Optional[dict] = None):
+        state = {"config_hash": self.run.hash(), "epoch": self.epoch, "step": self.step, "partial": partial,
                  "history": self.history, "distiller": self.distiller.trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
                  "rng_cpu": torch.get_rng_state(),
@@ -210,6 +217,7 @@ class Trainer:
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.train_time, self.train_images = state["train_time"], state["train_images"]
         self.wall_before = state["wall"]
+        self.partial = state.get("partial")
         return True
 
     # -- the loop -------------------------------------------------------------------------
@@ -218,12 +226,17 @@ class Trainer:
         d.train()
         d.set_progress(self.epoch, r.epochs)
         params = [p for p in d.parameters() if p.requires_grad]
-        sums: Dict[str, torch.Tensor] = {}
-        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
-        start, n = time.perf_counter(), 0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
-                   disable=None, file=sys.stderr)   # shown on a terminal only
-        for images, targets in self.train_loader.epoch(self.epoch):
+        partial, self.partial = self.partial or {}, None
+        sums: Dict[str, torch.Tensor] = partial.get("sums", {})
+        bad_step = partial.get("bad_step", torch.full((), -1, device=self.device, dtype=torch.long))
+        done, n = partial.get("batches", 0), partial.get("images", 0)
+        start = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"{self.label} epoch {self.epoch + 1}",
+                   leave=False, disable=None, file=sys.stderr)   # shown on a terminal only
+        batches = self.train_loader.epoch(self.epoch)
+        for _ in range(done):            # resuming inside the epoch: the same batches, already trained
+            next(batches)
+        for images, targets in batches:
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, r)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -236,8 +249,16 @@ class Trainer:
                 sums[k] = sums[k] + v if k in sums else v
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), self.step, bad_step)
             self.step += 1
+            done += 1
             n += images.shape[0]
             bar.update()
+            if self.should_stop() and done < self.steps_per_epoch:
+                bar.close()
+                self.train_time += time.perf_counter() - start
+                self.save_checkpoint(self.wall_before + time.perf_counter() - self._t0, partial={
+                    "batches": done, "images": n, "sums": sums, "bad_step": bad_step})
+                raise Interrupted(f"stopped after step {self.step} (epoch {self.epoch + 1}, "
+                                  f"batch {done}/{self.steps_per_epoch}); checkpoint saved")
         bar.close()
         self.train_time += time.perf_counter() - start
         self.train_images += n
@@ -249,9 +270,10 @@ class Trainer:
         return losses, lr, n / max(time.perf_counter() - start, 1e-9)
 
     def fit(self) -> dict:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         if self.try_resume():
-            self.log(f"  {self.label} resumed after epoch {self.epoch}")
+            within = f", batch {self.partial['batches']}" if self.partial else ""
+            self.log(f"  {self.label} resumed after epoch {self.epoch}{within}")
         r = self.run.recipe
         while self.epoch < r.epochs:
             losses, lr, ips = self.train_epoch()
@@ -269,6 +291,9 @@ class Trainer:
             self.write_metrics()
             self.log(f"  {self.label} epoch {self.epoch}/{r.epochs}  loss {sum(losses.values()):.4f}  "
                      f"top1 {metrics['top1']:.2f}  {ips:.0f} img/s  {wall:.0f}s")
+            self.on_epoch()
+            if self.should_stop() and self.epoch < r.epochs:
+                raise Interrupted(f"stopped after epoch {self.epoch}; checkpoint saved")
         return self.record(self.wall_before + time.perf_counter() - t0)
 
     def write_metrics(self):

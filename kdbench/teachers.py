@@ -17,6 +17,7 @@ from .engine import Trainer, evaluate
 from .errors import UsageError
 from .models import FeatureModel, create_feature_model, create_model, family_of
 from .models.families import recipe_kind
+from .locks import RunLock
 from .results import atomic_torch_save, atomic_write_json
 from distillers.base import TaskConfig
 
@@ -57,8 +58,20 @@ def _fresh_model(teacher: str, info, device) -> FeatureModel:
 
 
 def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig, *, out: Path,
-                device: torch.device, log: Callable[[str], None], verify: bool = False) -> Tuple[FeatureModel, dict]:
-    """A frozen, eval-mode teacher and its manifest; trains (and caches) it when needed."""
+                device: torch.device, log: Callable[[str], None], verify: bool = False,
+                should_stop: Callable[[], bool] = lambda: False) -> Tuple[FeatureModel, dict]:
+    """A frozen, eval-mode teacher and its manifest; trains (and caches) it when needed. The
+    teacher's directory is locked meanwhile: another process wanting it waits, then reuses it."""
+    lock = RunLock(teacher_dir(out, preset.name, teacher))
+    lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
+    try:
+        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, log=log, verify=verify,
+                            should_stop=should_stop)
+    finally:
+        lock.release()
+
+
+def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, should_stop):
     if tcfg.source == "checkpoint":
         return _load_released(preset, teacher, data, tcfg, out=out, device=device, log=log)
     run = teacher_run(preset, teacher, data, tcfg)
@@ -80,7 +93,8 @@ def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
         return fm, manifest
     log(f"teacher {teacher}: training ({reason}); recipe {run.hash()}")
     # One training dir per recipe: an interrupted training resumes, a changed recipe starts afresh.
-    trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, log=log, label=f"teacher {teacher}")
+    trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, log=log, label=f"teacher {teacher}",
+                      should_stop=should_stop)
     record = trainer.fit()
     state = {k: v.detach().cpu() for k, v in trainer.distiller.student_state().items()}
     atomic_torch_save(tdir / WEIGHTS, state)
@@ -139,7 +153,11 @@ def _load_released(preset, teacher, data, tcfg, *, out, device, log):
     _, eval_loader, info = _loaders(run, device)
     fm = _fresh_model(teacher, info, device)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
     except Exception as exc:
         raise UsageError(f"teacher checkpoint {path} is unreadable: {exc.__class__.__name__}") from exc
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):

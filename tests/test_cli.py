@@ -186,3 +186,22 @@ def test_python_m_version():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"kdbench {kdbench.__version__}"
+
+
+def test_user_preset_files(tmp_path, capsys):
+    from importlib import resources
+    good = tmp_path / "mine.yaml"
+    text = resources.files("benchmarks").joinpath("presets", "smoke.yaml").read_text()
+    good.write_text(text.replace("name: smoke", "name: mine"))
+    assert main(["list", "pairs", "--preset", str(good), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(r["set"] in ("cnn-students", "vit-mlp-students") for r in rows) == 12
+    truncated = tmp_path / "truncated.yaml"
+    truncated.write_text(text[: text.index("models:") + 40] + "\n  broken: [1, 2\n")
+    missing = tmp_path / "missing.yaml"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(text.replace("seeds: 1", "seeds: many"))
+    for path, needles in ((truncated, ["not valid YAML", str(truncated)]),
+                          (missing, ["cannot read preset file", str(missing), "smoke", "tiny"]),
+                          (wrong, ["'many'", "seeds"])):
+        _assert_usage_error(tmp_path, capsys, _run_args(tmp_path, preset=str(path)), needles)
