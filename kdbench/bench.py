@@ -23,6 +23,8 @@ def bench(args) -> List[Dict]:
         raise UsageError(f"--steps and --warmup must be >= 0, got {args.steps} and {args.warmup}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if getattr(args, "data", False):
+        return _bench_data(args)
     names = [n.strip() for n in args.distillers.split(",") if n.strip()]
     names = DISTILLERS.names() if names == ["all"] else list(dict.fromkeys(names))
     for n in names:
@@ -51,8 +53,9 @@ def bench(args) -> List[Dict]:
                "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
                "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None}
         if timed:
-            row.update(_time_steps(distiller, run.recipe, row["batch_size"], num_classes, in_chans, data.img_size,
-                                   args.steps, args.warmup, device))
+            forward = torch.compile(distiller) if run.compile else distiller
+            row.update(_time_steps(distiller, forward, run.recipe, row["batch_size"], num_classes, in_chans,
+                                   data.img_size, args.steps, args.warmup, device), compile=run.compile)
         rows.append(row)
         del distiller
     for row in rows:
@@ -62,8 +65,10 @@ def bench(args) -> List[Dict]:
     return [r for r in rows if r["distiller"] in names]
 
 
-def _time_steps(distiller, recipe, batch_size, num_classes, in_chans, img_size, steps, warmup, device) -> Dict:
-    """Median-free steady state: `warmup` untimed steps, then `steps` timed ones on a fixed batch."""
+def _time_steps(distiller, forward, recipe, batch_size, num_classes, in_chans, img_size, steps, warmup,
+                device) -> Dict:
+    """Steady state: `warmup` steps (timed apart: torch.compile's cost shows there), then `steps`
+    timed ones on a fixed batch."""
     g = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(device)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
@@ -75,13 +80,15 @@ def _time_steps(distiller, recipe, batch_size, num_classes, in_chans, img_size, 
         torch.cuda.reset_peak_memory_stats(device)
 
     def step():
-        _, loss = train_step(distiller, optimizer, images, labels, params=params, clip_grad=recipe.clip_grad,
+        _, loss = train_step(forward, optimizer, images, labels, params=params, clip_grad=recipe.clip_grad,
                              autocast=autocast)
         return loss
 
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     _sync(device)
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
@@ -90,7 +97,7 @@ def _time_steps(distiller, recipe, batch_size, num_classes, in_chans, img_size, 
     if not torch.isfinite(loss):
         raise RuntimeError(f"{distiller.__class__.__name__}: non-finite loss while benchmarking")
     return {"img_per_s": round(steps * batch_size / elapsed, 1), "step_ms": round(1000 * elapsed / steps, 2),
-            "peak_mem_mb": round(peak_memory_mb(device), 1)}
+            "peak_mem_mb": round(peak_memory_mb(device), 1), "warmup_s": round(warmup_s, 2)}
 
 
 def _sync(device):
@@ -109,3 +116,16 @@ def format_rows(rows: List[Dict]) -> str:
                      f"{num(r['ratio_to_kd'], '6.2f')} {num(r['peak_mem_mb'], '8.0f')} "
                      f"{r['student_params'] / 1e6:8.2f}M {r['extra_params'] / 1e6:8.2f}M")
     return "\n".join(lines)
+
+
+def _bench_data(args) -> List[Dict]:
+    from .bench_data import bench_data
+    from .data import resolve_root
+    from .engine import resolve_device
+    preset = load_preset(args.preset)
+    overrides = parse_overrides(args.overrides)
+    data = apply_overrides(preset.data, overrides, "data")
+    resolve_root(data.dataset, data.root)
+    batch = args.batch_size or preset.cnn.batch_size
+    return bench_data(data, batch_size=batch, batches=max(args.steps, 1), device=resolve_device(args.device),
+                      workers=args.workers)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bench.add_argument("--plugin", action="append", default=[])
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--data", action="store_true",
+                       help="data only: the device-resident loader vs torchvision's DataLoader (img/s)")
+    bench.add_argument("--workers", type=int, default=2, help="--data: torchvision DataLoader workers")
     return p
 
 
@@ -209,7 +212,11 @@ def cmd_teach(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench, format_rows
     rows = bench(args)
-    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    if args.data and not args.json:
+        for r in rows:
+            print(f"{r['loader']:44s} {r['img_per_s']:10.0f} img/s  x{r['ratio_to_torchvision']:.2f}")
+    else:
+        print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 
 

@@ -210,3 +210,49 @@ def test_safetensors_teacher_accepted_and_floor_enforced(tmp_path, zoo):
         assert torch.equal(fm.model.state_dict()[k], v)
     with pytest.raises(UsageError, match="min_top1"):
         _load(tmp_path, zoo, files={"resnet18": path.name}, min_top1=101.0)
+
+
+def _old_timm_swin(state):
+    """timm 0.6.5's Swin layout (OFA's teachers): downsample at the end of the previous layer, `head.`."""
+    import re
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        out[k.replace("head.fc.", "head.")] = v
+    out["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(1)     # old persistent buffer
+    return out
+
+
+def _facebook_convnext(state):
+    """The official ConvNeXt release's key names (PAT's ImageNet teacher file)."""
+    import re
+    out = {}
+    for k, v in state.items():
+        k = k.replace("stem.", "downsample_layers.0.")
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.fc.", "head.")
+        out[k.replace("head.norm.", "norm.")] = v
+    return out
+
+
+@pytest.mark.parametrize("arch,convert", [("kdbench_swin_t_xs", _old_timm_swin),
+                                          ("convnext_atto", _facebook_convnext)])
+def test_released_checkpoints_in_old_layouts_load_strictly(tmp_path, arch, convert):
+    preset = load_preset("smoke")
+    size = 32 if arch.startswith("convnext") else 16          # timm's own ConvNeXt needs >= 32 px
+    data = dataclasses.replace(preset.data, synthetic_train=256, synthetic_test=64, img_size=size)
+    preset = dataclasses.replace(preset, models={**preset.models, "convnext_tiny": arch}
+                                 if arch.startswith("convnext") else preset.models)
+    paper = {v: k for k, v in preset.models.items()}[arch]
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    model = create_model(arch, num_classes=10, in_chans=3, img_size=size)
+    old = convert(model.state_dict())
+    assert set(old) != set(model.state_dict())
+    torch.save({"state_dict": old}, zoo / f"{paper}_cifar100.pth")
+    tcfg = dataclasses.replace(preset.teacher, source="checkpoint", checkpoint_dir=str(zoo), min_top1=0.0)
+    fm, manifest = get_teacher(preset, arch, data, tcfg, out=tmp_path / "out", device=CPU, log=lambda s: None)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fm.model.state_dict()[k], v), k
+    assert manifest["architecture"] == arch and 0 <= manifest["top1"] <= 100
