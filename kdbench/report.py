@@ -157,7 +157,7 @@ def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
     cell.values[seed] = float(top1)
     if isinstance(rec.get("best_top1"), (int, float)):
         cell.best[seed] = float(rec["best_top1"])
-    cell.hashes.add(rec.get("config_hash"))
+    cell.hashes.add(_config_without_seed(rec))
     datasets.add(rec.get("dataset"))
     if isinstance(rec.get("teacher_top1"), (int, float)):
         row.teacher_top1 = float(rec["teacher_top1"])
@@ -187,7 +187,7 @@ def _compute(table: Table):
             cell.summary = stats.summarize([cell.values[s] for s in sorted(cell.values)])
             if len(cell.hashes) > 1:
                 table.notes.append(f"{row.label} {cell.distiller}: runs with {len(cell.hashes)} different "
-                                   "configurations (config_hash) are averaged together")
+                                   "configurations (other than the seed) are averaged together")
         ref = row.cells.get(table.reference)
         for name, cell in row.cells.items():
             if ref is not None and name != table.reference and cell.values and ref.values:
@@ -551,3 +551,11 @@ def cmd_leaderboard(args) -> int:
         print(f"kdbench: wrote {cd_path} and {pairs_path}", file=sys.stderr)
     print(render(table, args.format), end="")
     return 0
+
+
+def _config_without_seed(rec: dict) -> str:
+    """Identity of a run's configuration apart from its seed (seeds of one cell differ by design)."""
+    cfg = rec.get("config")
+    if not isinstance(cfg, dict):
+        return str(rec.get("config_hash"))
+    return json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True, default=str)

@@ -251,3 +251,16 @@ def test_cd_plot_needs_rankable_data(tmp_path):
     with pytest.raises(UsageError, match="cannot draw a CD diagram"):
         report.plot_cd(report.collect(tmp_path), tmp_path / "cd.png")
     assert report.plot_paths("x/lb") == (report.Path("x/lb.png"), report.Path("x/lb-pairs.png"))
+
+
+def test_seeds_of_one_cell_are_one_configuration(tmp_path):
+    pair = SWIN_R18
+    for seed in range(3):
+        for d in ("kd", "fitnet"):
+            lr = 0.1 if d == "kd" or seed < 2 else 0.2            # one fitnet seed ran another recipe
+            cfg = {"seed": seed, "recipe": {"lr": lr}, "distiller": {"name": d}}
+            write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, 70.0 + seed, config=cfg,
+                                                           config_hash=f"{d}-{seed}-{lr}"))
+    md = report.render(report.collect(tmp_path), "md")
+    assert "fitnet: runs with 2 different configurations" in md
+    assert "kd: runs with" not in md
