@@ -40,6 +40,7 @@ class Distiller(nn.Module):
 
     Config = TaskConfig
     requires_teacher = True
+    find_unused_parameters = False      # DDP: set where some parameters skip a step (PAT's first step)
 
     def __init__(self, student: FeatureModel, teacher: Optional[FeatureModel], cfg, *,
                  num_classes: int, criterion: Callable):

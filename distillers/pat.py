@@ -274,6 +274,7 @@ class FeedbackState(nn.Module):
 @register_distiller("pat")
 class PAT(Distiller):
     Config = PATConfig
+    find_unused_parameters = True       # the fusion blocks sit out the first step (no feedback yet)
 
     def __init__(self, student, teacher, cfg: PATConfig, **kw):
         super().__init__(student, teacher, cfg, **kw)

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -15,7 +16,9 @@ from .errors import UsageError
 
 
 def log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
+    from .distributed import info
+    if info().is_main:          # under torchrun, rank 0 speaks for all
+        print(msg, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,7 +163,8 @@ class Plan:
         compile_ = overrides.get("compile", False)
         if not isinstance(compile_, bool):
             raise UsageError(f"bad value {compile_!r} for compile: must be true or false")
-        self.device = resolve_device(args.device)
+        from .distributed import device_for
+        self.device = device_for(resolve_device(args.device))
         self.out = Path(args.out)
         self.seeds = parse_seeds(args.seeds) if getattr(args, "seeds", None) else list(range(self.preset.seeds))
         self.runs = expand_runs(self.preset, self.pairs, distillers, self.seeds, data=self.data,
@@ -175,10 +179,16 @@ def cmd_run(args) -> int:
         names = DISTILLERS.names()
     for n in names:
         DISTILLERS.get(n)
-    plan = Plan(args, list(dict.fromkeys(names)))
-    status = execute(plan, fresh=args.fresh)
-    print_leaderboard(plan)
-    return status
+    from . import distributed
+    distributed.init_from_env(args.device)
+    try:
+        plan = Plan(args, list(dict.fromkeys(names)))
+        status = execute(plan, fresh=args.fresh)
+        if distributed.info().is_main:
+            print_leaderboard(plan)
+        return status
+    finally:
+        distributed.shutdown()
 
 
 def print_leaderboard(plan: "Plan"):
@@ -201,12 +211,17 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_teach(args) -> int:
+    from . import distributed
     from .teachers import get_teacher
-    plan = Plan(args, [])
-    for teacher in plan.teachers:
-        get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
-                    log=log, verify=True)
-    return 0
+    distributed.init_from_env(args.device)
+    try:
+        plan = Plan(args, [])
+        for teacher in plan.teachers:
+            get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
+                        log=log, verify=True)
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def cmd_bench(args) -> int:
@@ -229,17 +244,24 @@ def execute(plan: Plan, fresh: bool = False) -> int:
     from .locks import RunLock
     from .registry import DISTILLERS
     from .results import atomic_write_json, read_record
-    todo, skipped = [], 0
-    for run in plan.runs:
+    from . import distributed
+    main = distributed.info().is_main
+    todo, skipped, error = [], 0, None
+    for i, run in enumerate(plan.runs):
         rdir = run_dir(plan.out, run.preset, run.teacher, run.student, run.distiller, run.seed)
-        rec = None if fresh else read_record(rdir)
+        rec = None if fresh or not main else read_record(rdir)
         if rec is not None and rec.get("status") == "done":
             if rec.get("config_hash") != run.hash():
-                raise UsageError(f"{rdir}/result.json was produced with a different configuration "
-                                 f"(hash {rec.get('config_hash')} != {run.hash()}); use --fresh or another --out")
+                error = error or (f"{rdir}/result.json was produced with a different configuration (hash "
+                                  f"{rec.get('config_hash')} != {run.hash()}); use --fresh or another --out")
             skipped += 1
             continue
-        todo.append((run, rdir))
+        todo.append(i)
+    todo, skipped, error = distributed.broadcast((todo, skipped, error))     # rank 0 read the records
+    if error:
+        raise UsageError(error)
+    todo = [(plan.runs[i], run_dir(plan.out, plan.runs[i].preset, plan.runs[i].teacher, plan.runs[i].student,
+                                   plan.runs[i].distiller, plan.runs[i].seed)) for i in todo]
     log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
     # Order: by teacher, so each teacher is trained (or loaded) once and then reused.
     order = {t: i for i, t in enumerate(plan.teachers)}
@@ -248,19 +270,21 @@ def execute(plan: Plan, fresh: bool = False) -> int:
     with StopOnSignal() as stop:
         for k, (run, rdir) in enumerate(todo, 1):
             label = f"[{k}/{len(todo)}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
-            if stop():
+            if distributed.any_rank(stop(), plan.device):
                 log(f"kdbench: {stop.name} received; stopped before {label}; rerun the same command to go on")
-                return 128 + stop.signum
+                return 128 + (stop.signum or signal.SIGTERM)
             lock = RunLock(rdir)
-            if not lock.try_acquire():
+            if not distributed.broadcast(lock.try_acquire() if main else None):
                 busy += 1
                 log(f"{label}: running in another process ({lock.owner()}); skipped")
                 continue
             try:
-                if fresh:
+                if fresh and main:
                     _clear_run_dir(rdir)
-                elif (rec := read_record(rdir)) is not None and rec.get("status") == "done":
+                done = main and not fresh and (rec := read_record(rdir)) is not None and rec.get("status") == "done"
+                if distributed.broadcast(done):
                     continue                           # finished by another process meanwhile
+                distributed.barrier()
                 log(label)
                 try:
                     teacher, manifest = None, None
@@ -277,10 +301,11 @@ def execute(plan: Plan, fresh: bool = False) -> int:
                     failed += 1
                     record = _failed_record(run, exc)
                     log(f"  FAILED: {record['error']}")
-                atomic_write_json(rdir / "result.json", record)
+                if main:
+                    atomic_write_json(rdir / "result.json", record)
             except Interrupted as exc:
                 log(f"kdbench: {stop.name} received: {label} {exc}; rerun the same command to resume")
-                return 128 + stop.signum
+                return 128 + (stop.signum or signal.SIGTERM)
             finally:
                 lock.release()
     log(f"kdbench: finished {len(todo) - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
@@ -304,7 +329,6 @@ class StopOnSignal:
 
     @property
     def name(self) -> str:
-        import signal
         return signal.Signals(self.signum).name if self.signum else ""
 
     def __call__(self) -> bool:
@@ -317,7 +341,6 @@ class StopOnSignal:
         log(f"kdbench: {self.name}: finishing the current step and saving a checkpoint (again to abort)")
 
     def __enter__(self):
-        import signal
         import threading
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -325,7 +348,6 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc):
-        import signal
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

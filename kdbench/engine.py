@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .config import RecipeConfig, RunConfig
 from .data import build_loaders
 from .errors import UsageError
@@ -168,9 +169,11 @@ class Trainer:
         self.should_stop, self.on_epoch = should_stop, on_epoch
         self.teacher_top1, self.log, self.label = teacher_top1, log, label
         r = run.recipe
+        self.dist = distributed.info()
         self.train_loader, self.eval_loader, self.info = build_loaders(
-            run.data, batch_size=r.batch_size, device=device, seed=run.seed, mixup=r.mixup, cutmix=r.cutmix,
-            label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size)
+            run.data, batch_size=distributed.per_rank_batch(r.batch_size), device=device, seed=run.seed,
+            mixup=r.mixup, cutmix=r.cutmix, label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size,
+            rank=self.dist.rank, world_size=self.dist.world_size)
         self.distiller = build_distiller(run, num_classes=self.info.num_classes, in_chans=self.info.in_chans,
                                          img_size=self.info.img_size, teacher=teacher, device=device)
         self.optimizer = build_optimizer(param_groups(self.distiller, r.weight_decay), r, device)
@@ -180,13 +183,22 @@ class Trainer:
         self.total_steps = r.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(r.warmup_epochs * self.steps_per_epoch))
         self.autocast = autocast_for(r, device)
-        self.forward = torch.compile(self.distiller) if run.compile else self.distiller
+        self.forward = self.distiller
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+            self.forward = DistributedDataParallel(
+                self.distiller, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.distiller.find_unused_parameters)
+        if run.compile:
+            self.forward = torch.compile(self.forward)
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
         self.partial = None          # progress inside an epoch, from a checkpoint saved on a stop request
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, wall: float, partial: Optional[dict] = None):
+        if not self.dist.is_main:
+            return
         state = {"config_hash": self.run.hash(), "epoch": self.epoch, "step": self.step, "partial": partial,
                  "history": self.history, "distiller": self.distiller.trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
@@ -252,7 +264,7 @@ class Trainer:
             done += 1
             n += images.shape[0]
             bar.update()
-            if self.should_stop() and done < self.steps_per_epoch:
+            if self._stop_agreed() and done < self.steps_per_epoch:
                 bar.close()
                 self.train_time += time.perf_counter() - start
                 self.save_checkpoint(self.wall_before + time.perf_counter() - self._t0, partial={
@@ -261,13 +273,23 @@ class Trainer:
                                   f"batch {done}/{self.steps_per_epoch}); checkpoint saved")
         bar.close()
         self.train_time += time.perf_counter() - start
+        n *= self.dist.world_size
         self.train_images += n
+        if self.dist.active:      # mean over ranks for the log; a fault on any rank fails them all
+            for v in sums.values():
+                distributed.all_reduce_(v)
+            sums = {k: v / self.dist.world_size for k, v in sums.items()}
+            distributed.all_reduce_(bad_step, torch.distributed.ReduceOp.MAX)
         losses = {k: v.item() / self.steps_per_epoch for k, v in sums.items()}
         if bad_step.item() >= 0:
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             raise NonFiniteLoss(f"non-finite loss at step {bad_step.item()} (epoch {self.epoch + 1}); "
                                 f"non-finite terms over the epoch: {', '.join(bad) or 'total'}")
         return losses, lr, n / max(time.perf_counter() - start, 1e-9)
+
+    def _stop_agreed(self) -> bool:
+        """A stop request, agreed by every rank (one tiny all-reduce per step under DDP)."""
+        return distributed.any_rank(self.should_stop(), self.device)
 
     def fit(self) -> dict:
         t0 = self._t0 = time.perf_counter()
@@ -292,11 +314,13 @@ class Trainer:
             self.log(f"  {self.label} epoch {self.epoch}/{r.epochs}  loss {sum(losses.values()):.4f}  "
                      f"top1 {metrics['top1']:.2f}  {ips:.0f} img/s  {wall:.0f}s")
             self.on_epoch()
-            if self.should_stop() and self.epoch < r.epochs:
+            if self._stop_agreed() and self.epoch < r.epochs:
                 raise Interrupted(f"stopped after epoch {self.epoch}; checkpoint saved")
         return self.record(self.wall_before + time.perf_counter() - t0)
 
     def write_metrics(self):
+        if not self.dist.is_main:
+            return
         text = "".join(json.dumps(row) + "\n" for row in self.history)
         atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
 
@@ -314,8 +338,9 @@ class Trainer:
             "train_img_per_s": round(self.train_images / max(self.train_time, 1e-9), 1),
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
             "student_params": self.distiller.num_student_params, "extra_params": self.distiller.num_extra_params,
-            "global_batch_size": run.recipe.batch_size, "lr": run.recipe.lr,
+            "global_batch_size": run.recipe.batch_size, "world_size": self.dist.world_size,
+            "per_rank_batch_size": run.recipe.batch_size // self.dist.world_size, "lr": run.recipe.lr,
             "num_train": self.info.num_train, "num_test": self.info.num_test,
             "protocol": PROTOCOL, "config": run.to_dict(), "config_hash": run.hash(),
-            "versions": versions(self.device),
+            "versions": versions(self.device, self.dist.world_size),
         }

@@ -11,6 +11,7 @@ from typing import Callable, Tuple
 import timm
 import torch
 
+from . import distributed
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .data import DataConfig, build_loaders
 from .engine import Trainer, evaluate
@@ -62,8 +63,10 @@ def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
                 should_stop: Callable[[], bool] = lambda: False) -> Tuple[FeatureModel, dict]:
     """A frozen, eval-mode teacher and its manifest; trains (and caches) it when needed. The
     teacher's directory is locked meanwhile: another process wanting it waits, then reuses it."""
+    main = distributed.info().is_main
     lock = RunLock(teacher_dir(out, preset.name, teacher))
-    lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
+    if main:       # under torchrun, rank 0 holds the lock; the other ranks follow its decisions
+        lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
     try:
         return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, log=log, verify=verify,
                             should_stop=should_stop)
@@ -76,8 +79,9 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, shoul
         return _load_released(preset, teacher, data, tcfg, out=out, device=device, log=log)
     run = teacher_run(preset, teacher, data, tcfg)
     tdir = teacher_dir(out, preset.name, teacher)
-    manifest = _read_manifest(tdir)
-    reason = _stale_reason(manifest, tdir, run)
+    main = distributed.info().is_main
+    manifest = _read_manifest(tdir) if main else None
+    manifest, reason = distributed.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
     if reason is None:
         _, eval_loader, info = _loaders(run, device)
         fm = _fresh_model(teacher, info, device)
@@ -96,6 +100,11 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, shoul
     trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, log=log, label=f"teacher {teacher}",
                       should_stop=should_stop)
     record = trainer.fit()
+    fm = trainer.distiller.student.eval().requires_grad_(False)
+    if not main:                # the weights are rank 0's (DDP keeps them equal); it writes the cache
+        manifest = distributed.broadcast(None)
+        _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
+        return fm, manifest
     state = {k: v.detach().cpu() for k, v in trainer.distiller.student_state().items()}
     atomic_torch_save(tdir / WEIGHTS, state)
     manifest = {"architecture": teacher, "dataset": record["dataset"], "num_classes": trainer.info.num_classes,
@@ -105,8 +114,8 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, shoul
                 "wall_s": record["wall_s"], "train_img_per_s": record["train_img_per_s"],
                 "params": record["student_params"]}
     atomic_write_json(tdir / MANIFEST, manifest)
+    distributed.broadcast(manifest)
     log(f"teacher {teacher}: top-1 {manifest['top1']:.2f}% in {manifest['wall_s']:.0f}s")
-    fm = trainer.distiller.student.eval().requires_grad_(False)
     _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
     return fm, manifest
 

@@ -1,0 +1,104 @@
+"""DistributedDataParallel under torchrun: one run on several processes (GPUs, or CPUs with gloo).
+
+Every rank executes the same grid in the same order; rank 0 decides which cells to run (records,
+locks) and broadcasts the decision, trains in lockstep with the others, and alone writes records,
+checkpoints, metrics and progress. The recipe's `batch_size` is the global batch: each rank gets
+`batch_size / world_size` images per step from its shard of the device-resident loader.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistInfo()
+_INFO = SINGLE
+
+
+def init_from_env(device_name: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op without it)."""
+    global _INFO
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    if not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    _INFO = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return _INFO
+
+
+def info() -> DistInfo:
+    return _INFO
+
+
+def device_for(device: torch.device) -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK under torchrun on GPUs."""
+    if device.type == "cuda" and _INFO.active:
+        return torch.device("cuda", _INFO.local_rank)
+    return device
+
+
+def per_rank_batch(global_batch: int) -> int:
+    if global_batch % _INFO.world_size:
+        raise UsageError(f"recipe.batch_size {global_batch} is not divisible by the world size "
+                         f"{_INFO.world_size}; it is the global batch, split evenly over the ranks")
+    return global_batch // _INFO.world_size
+
+
+def broadcast(obj):
+    """Rank 0's value of `obj` on every rank."""
+    if not _INFO.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on some rank (stop requests, failures)."""
+    if not _INFO.active:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    if _INFO.active:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier():
+    if _INFO.active:
+        dist.barrier()
+
+
+def shutdown():
+    global _INFO
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _INFO = SINGLE

@@ -1,0 +1,89 @@
+"""DDP: two gloo processes on CPU. The averaged gradients equal a single process's on the same
+global batch; `torchrun -m kdbench run` finishes and records world size 2."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from kdbench.engine import make_criterion
+from kdbench.models import create_feature_model
+from kdbench.registry import DISTILLERS
+
+GLOBAL_BATCH = 8
+
+
+def _distiller(name):
+    torch.manual_seed(0)
+    student = create_feature_model("kdbench_deit_t_xs", num_classes=10, in_chans=3, img_size=16)  # no BatchNorm
+    teacher = create_feature_model("kdbench_vit_s_xs", num_classes=10, in_chans=3, img_size=16)
+    cls = DISTILLERS.get(name)
+    return cls(student, teacher, cls.Config(), num_classes=10, criterion=make_criterion(0.1)).train()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g), torch.randint(0, 10, (GLOBAL_BATCH,), generator=g)
+
+
+def _grads(d):
+    return {n: p.grad.detach().clone() for n, p in d.named_parameters() if p.grad is not None}
+
+
+def _worker(rank, world, init_file, out_file, name):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        d = _distiller(name)
+        ddp = torch.nn.parallel.DistributedDataParallel(d)
+        x, y = _batch()
+        per = GLOBAL_BATCH // world
+        out = ddp(x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per])
+        sum(out.losses.values()).backward()
+        if rank == 0:
+            torch.save(_grads(d), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["kd", "fitnet"])
+def test_ddp_gradients_match_a_single_process_on_the_global_batch(tmp_path, name):
+    out_file = tmp_path / "grads.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file), name), nprocs=2, join=True)
+    ddp_grads = torch.load(out_file, weights_only=True)
+    d = _distiller(name)
+    out = d(*_batch())
+    sum(out.losses.values()).backward()
+    single = _grads(d)
+    assert ddp_grads.keys() == single.keys() and len(single) > 10
+    for k in single:
+        assert torch.allclose(ddp_grads[k], single[k], rtol=1e-4, atol=1e-6), k
+    assert not any(k.startswith("teacher.") for k in single)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_smoke_run(tmp_path):
+    out = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}",
+                           "-m", "kdbench", "run", "--distiller", "kd,pat", "--pairs",
+                           "kdbench_vit_s_xs:kdbench_deit_t_xs", "--preset", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("kd", "pat"):
+        rec = json.loads((out / "smoke" / "kdbench_vit_s_xs__kdbench_deit_t_xs" / name / "seed0" /
+                          "result.json").read_text())
+        assert rec["status"] == "done" and rec["world_size"] == 2 and rec["versions"]["world_size"] == 2
+        assert rec["global_batch_size"] == 64 and rec["per_rank_batch_size"] == 32
+    manifest = json.loads((out / "teachers" / "smoke" / "kdbench_vit_s_xs" / "manifest.json").read_text())
+    assert manifest["top1"] > 0
+    assert proc.stdout.count("kdbench leaderboard") == 1           # rank 0 alone prints
