@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the preset's")
     run.add_argument("--fresh", action="store_true", help="discard existing records and checkpoints of these runs")
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="where the grid's cells run: this process (local) or Ray tasks")
+    run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
 
     teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
     common(teach)
@@ -180,6 +183,14 @@ def cmd_run(args) -> int:
     for n in names:
         DISTILLERS.get(n)
     from . import distributed
+    if args.executor == "ray":
+        if args.fresh:
+            raise UsageError("--fresh cannot be combined with --executor ray; clear the cells locally first")
+        from .ray_executor import execute_ray
+        plan = Plan(args, list(dict.fromkeys(names)))          # validated here, before any task starts
+        status = execute_ray(plan, args, log)
+        print_leaderboard(plan)
+        return status
     distributed.init_from_env(args.device)
     try:
         plan = Plan(args, list(dict.fromkeys(names)))

@@ -87,3 +87,22 @@ def test_torchrun_two_processes_smoke_run(tmp_path):
     manifest = json.loads((out / "teachers" / "smoke" / "kdbench_vit_s_xs" / "manifest.json").read_text())
     assert manifest["top1"] > 0
     assert proc.stdout.count("kdbench leaderboard") == 1           # rank 0 alone prints
+
+
+@pytest.mark.slow
+def test_grid_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "runs"
+    pairs = "kdbench_vit_s_xs:kdbench_resnet18_xs,kdbench_convnext_t_xs:kdbench_deit_t_xs"
+    cell = out / "smoke" / "kdbench_vit_s_xs__kdbench_resnet18_xs" / "kd" / "seed1"
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--executor", "ray", "--distiller", "kd,vanilla",
+                           "--pairs", pairs, "--preset", "smoke", "--seeds", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in out.rglob("result.json") if "teachers" not in p.parts]
+    assert len(recs) == 8 and all(r["status"] == "done" for r in recs)
+    assert len(list((out / "teachers" / "smoke").glob("*/manifest.json"))) == 2     # each teacher once
+    assert "ray: 8/8 done" in proc.stderr
+    assert proc.stdout.count("kdbench leaderboard: preset smoke") == 1
+    assert json.loads((cell / "result.json").read_text())["seed"] == 1
+    assert not list(out.rglob(".lock"))
