@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import nn
 
 from kdbench.models import StageSpec
@@ -126,3 +127,19 @@ class PatchMerging(nn.Module):
 def merges_to(grid: int, target: int) -> int:
     """How many 2x merges bring a grid down to about `target` (OFA: floor(log2(grid/target)))."""
     return max(int(math.log2(grid / target)), 0) if grid > 0 else 0
+
+
+def init_weights(m: nn.Module):
+    """The OFA/PAT projector init: conv kaiming-normal (fan_out), norms (1, 0), Linear
+    trunc-normal(0.02) with zero bias. Use as `module.apply(init_weights)`."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -44,7 +44,8 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     t = temperature
     z_s, z_t = _at_least_fp32(student_logits) / t, _at_least_fp32(teacher_logits) / t
     gt = F.one_hot(hard_target(target), z_s.shape[1]).bool()
-    tckd = F.kl_div(_binary_log_probs(z_s, gt), _binary_log_probs(z_t, gt), reduction="batchmean",
+    idx = hard_target(target)[:, None]
+    tckd = F.kl_div(_binary_log_probs(z_s, gt, idx), _binary_log_probs(z_t, gt, idx), reduction="batchmean",
                     log_target=True)
     masked_s, masked_t = z_s.masked_fill(gt, float("-inf")), z_t.masked_fill(gt, float("-inf"))
     log_q_s = F.log_softmax(masked_s, dim=1).masked_fill(gt, 0.0)
@@ -53,10 +54,10 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     return (alpha * tckd + beta * nckd) * (t * t)
 
 
-def _binary_log_probs(z: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """log [p_target, 1 - p_target] from logits, stably."""
+def _binary_log_probs(z: torch.Tensor, gt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log [p_target, 1 - p_target] from logits, stably (gather: no host sync on GPU)."""
     lse_all = torch.logsumexp(z, dim=1)
-    log_p_gt = z[gt] - lse_all
+    log_p_gt = z.gather(1, idx).squeeze(1) - lse_all
     log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=1) - lse_all
     return torch.stack([log_p_gt, log_rest], dim=1)
 

@@ -5,13 +5,12 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import torch
-from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from kdbench.registry import register_distiller
 
-from .adapters import PatchMerging, merges_to, split_prefix, map_to_tokens
+from .adapters import PatchMerging, init_weights, map_to_tokens, merges_to, split_prefix
 from .base import Distiller, DistillOutput, TaskConfig
 from .fitnet import check_stages
 from .losses import ofa_loss
@@ -108,21 +107,6 @@ class TokenBranch(nn.Module):
         return self.head(tokens[:, 0] if prefix is not None else tokens.mean(dim=1))
 
 
-def init_branch(m: nn.Module):
-    """OFA's init: conv kaiming-normal (fan_out), BN (1, 0), Linear trunc-normal(0.02), bias 0."""
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 @register_distiller("ofa")
 class OFA(Distiller):
     """Loss: gt + kd_weight * OFA(z_s, z_t; eps_logits) + ofa_weight * sum_s OFA(branch_s(F_s), z_t; eps_s).
@@ -142,7 +126,7 @@ class OFA(Distiller):
             else:
                 branch = TokenBranch(spec, s, student.model.num_features, num_classes, cfg.final_grid,
                                      cfg.branch_heads)
-            branch.apply(init_branch)
+            branch.apply(init_weights)
             self.branches[str(s)] = branch
 
     def forward(self, images, labels):

@@ -21,7 +21,7 @@ from torch import nn
 from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
 
-from .adapters import StageAligner, map_to_tokens, resize_map, tokens_to_map
+from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
 from .base import Distiller, DistillOutput, TaskConfig
 from .fitnet import check_stages
 from .losses import hcl_loss, kd_loss
@@ -100,6 +100,11 @@ def back_to_tokens(m: torch.Tensor, rest: Optional[torch.Tensor], last_token_cls
     return torch.cat([tokens, rest] if last_token_cls else [rest, tokens], dim=1)
 
 
+@lru_cache(maxsize=64)
+def _sinusoid(n: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return _sinusoid_cpu(n, d).to(device=device, dtype=dtype)
+
+
 @lru_cache(maxsize=16)
 def _sinusoid_cpu(n: int, d: int) -> torch.Tensor:
     pos = torch.arange(n, dtype=torch.float64)[:, None]
@@ -111,8 +116,9 @@ def _sinusoid_cpu(n: int, d: int) -> torch.Tensor:
 
 
 def sinusoid(n: int, d: int, like: torch.Tensor) -> torch.Tensor:
-    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d)."""
-    return _sinusoid_cpu(n, d).to(device=like.device, dtype=like.dtype)
+    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d), cached per device and
+    dtype (no host-to-device copy per step)."""
+    return _sinusoid(n, d, like.device, like.dtype)
 
 
 # -- Region-Aware Attention -----------------------------------------------------------------
@@ -249,7 +255,7 @@ class PromptBlock(nn.Module):
             if self.fb_align is not None:
                 feedback = self.fb_align(F.interpolate(feedback, size=self.in_grid, mode="nearest"))
             u = self.fuse(torch.cat([x, feedback.to(x.dtype)], dim=1))
-        return x + self.beta * self.prompt(u)
+        return x + (self.beta * self.prompt(u)).to(x.dtype)      # bf16 stays bf16 (beta is fp32)
 
 
 class FeedbackState(nn.Module):
@@ -280,9 +286,14 @@ class PAT(Distiller):
         super().__init__(student, teacher, cfg, **kw)
         items, s_specs, t_specs = cfg.items, student.stage_specs, teacher.stage_specs
         self.last_cls, self.permute_bug = "last_token_cls" in items, "token_permute" in items
+        if "teacher_train_first_step" in items:
+            # The official order updates a BatchNorm teacher's statistics: on a private copy, saved in
+            # this run's checkpoints, so that other runs sharing the teacher object never see it.
+            self.teacher = teacher.clone()
         if cfg.raa:
             self.raa = RegionAttention(s_specs, cfg)
             self.aligners = nn.ModuleList(RegionToStage(cfg.grid, cfg.dim, t) for t in t_specs)
+            self.aligners.apply(init_weights)           # the official init_weights (§3.1 item 5)
         else:
             self.raa = None
             self.aligners = nn.ModuleList(StageAligner(s, t) for s, t in zip(s_specs, t_specs))
@@ -314,6 +325,12 @@ class PAT(Distiller):
         if cfg.afp and cfg.feedback == "prev" and self.training:
             self.feedback.maps = {s: (aligned[s - 1] - targets[s - 1]).detach() for s in cfg.afp_stages}
         return DistillOutput(logits, losses)
+
+    def trainable_state(self):
+        state = super().trainable_state()
+        if "teacher_train_first_step" in self.cfg.items:       # the teacher's drifting BN statistics
+            state.update({f"teacher.{k}": v for k, v in self.teacher.named_buffers()})
+        return state
 
     def aligners_out(self, s_feats):
         """The student's four stages mapped onto the teacher's stage maps (through RAA if on)."""

@@ -375,3 +375,20 @@ def test_scaled_members_registered():
 def test_scaled_member_has_no_pretrained_weights():
     with pytest.raises(ValueError, match="no pretrained"):
         timm.create_model("kdbench_resnet18_s", pretrained=True)
+
+
+def test_clone_is_independent_and_has_its_own_stage_hooks():
+    import torch
+    from kdbench.models import create_feature_model
+    fm = create_feature_model("kdbench_vit_s_xs", num_classes=10, in_chans=3, img_size=16).eval()
+    twin = fm.clone()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = fm(x)[0]
+        assert torch.equal(twin(x)[0], ref)
+        with twin.stage_inputs({0: lambda t: t * 0}):
+            assert not torch.equal(twin(x)[0], ref)
+            assert torch.equal(fm(x)[0], ref)           # the original is untouched
+        with fm.stage_inputs({0: lambda t: t * 0}):
+            assert torch.equal(twin(x)[0], ref)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(fm.parameters(), twin.parameters()))

@@ -96,6 +96,15 @@ def test_gradients_reach_prompts_raa_and_aligners_never_the_teacher():
 
 
 def test_teacher_batchnorm_statistics_unchanged_corrected_but_not_faithful():
+    shared = create_feature_model("kdbench_resnet50_xs", num_classes=10, in_chans=3, img_size=16)
+    shared_before = {k: v.clone() for k, v in shared.state_dict().items()}
+    faithful = PAT(create_feature_model("kdbench_deit_t_xs", num_classes=10, in_chans=3, img_size=16), shared,
+                   PATConfig(**SMALL, faithful=True), num_classes=10, criterion=make_criterion(0.0)).train()
+    faithful.set_progress(0, 1)
+    faithful(*batch())
+    # the official first-step drift happens on the run's private copy, saved with its checkpoint
+    assert all(torch.equal(v, shared_before[k]) for k, v in shared.state_dict().items())
+    assert any(k.startswith("teacher.") and "running_mean" in k for k in faithful.trainable_state())
     for faithful, changed in ((False, False), (True, True)):
         d = make("kdbench_resnet50_xs", faithful=faithful).train()
         before = {k: v.clone() for k, v in d.teacher.state_dict().items() if "running_mean" in k}

@@ -1,6 +1,7 @@
 """FeatureModel: logits and four stage features from any supported timm model in one pass."""
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple
 
@@ -57,6 +58,16 @@ class FeatureModel(nn.Module):
         self._specs = None
         for i, name in enumerate(self.stage_module_names):
             self.model.get_submodule(name).register_forward_pre_hook(self._make_pre_hook(i))
+
+    def clone(self) -> "FeatureModel":
+        """An independent copy (weights, buffers, modes) with its own stage-input hooks. (A plain
+        deepcopy would keep hooks that read the original's transforms.)"""
+        model = copy.deepcopy(self.model)
+        for name in self.stage_module_names:
+            model.get_submodule(name)._forward_pre_hooks.clear()
+        twin = FeatureModel(model, self.img_size, self.in_chans)
+        twin._specs = self._specs
+        return twin
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
