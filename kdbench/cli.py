@@ -206,7 +206,8 @@ def print_leaderboard(plan: "Plan"):
     """The grid ends with the leaderboard of its preset (every record under --out, not only this grid's)."""
     from .report import collect, render
     try:
-        print(render(collect(plan.out, plan.preset.name), "md"), end="")
+        text = render(collect(plan.out, plan.preset.name), "md")
+        print(text, end="" if text.endswith("\n") else "\n")
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
         log(f"kdbench: no leaderboard ({exc})")
 

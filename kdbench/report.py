@@ -549,7 +549,8 @@ def cmd_leaderboard(args) -> int:
         plot_cd(table, cd_path)
         plot_pairs(table, pairs_path)
         print(f"kdbench: wrote {cd_path} and {pairs_path}", file=sys.stderr)
-    print(render(table, args.format), end="")
+    text = render(table, args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
