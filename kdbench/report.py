@@ -479,7 +479,7 @@ def plot_cd(table: Table, path) -> None:
     for g, members in enumerate(groups):
         rs = [fr.avg_ranks[i] for i in members]
         ax.plot([x(min(rs)) - 0.008, x(max(rs)) + 0.008], [0.25 + 0.2 * g] * 2, color="black", lw=3)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
 
 
 def plot_pairs(table: Table, path) -> None:
@@ -509,9 +509,9 @@ def plot_pairs(table: Table, path) -> None:
     ax.set_ylabel("top-1 (%), final epoch")
     ax.set_title(f"{table.preset}: mean ± 95% t-interval over seeds", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(names), 6))
+    ax.legend(fontsize=8, ncol=min(len(names), 7), loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
 
 
 def plot_paths(plot: str):
