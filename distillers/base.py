@@ -21,6 +21,12 @@ class TaskConfig:
     gt_weight: float = 1.0
 
 
+def check_stages(stages, name="stages"):
+    """Config validation shared by the feature distillers: a non-empty set of stages 1-4."""
+    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
+        raise ValueError(f"{name} must be distinct stage numbers among 1, 2, 3, 4, got {list(stages)}")
+
+
 class DistillOutput(NamedTuple):
     logits: torch.Tensor                 # student logits
     losses: Dict[str, torch.Tensor]      # name -> weighted scalar loss; the loop sums them

@@ -9,13 +9,8 @@ import torch.nn.functional as F
 from kdbench.registry import register_distiller
 
 from .adapters import StageAligner, to_map
-from .base import Distiller, DistillOutput, TaskConfig
+from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import kd_loss
-
-
-def check_stages(stages, name="stages"):
-    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
-        raise ValueError(f"{name} must be distinct stage numbers among 1, 2, 3, 4, got {list(stages)}")
 
 
 @dataclass

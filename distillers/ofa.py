@@ -11,8 +11,7 @@ from torch import nn
 from kdbench.registry import register_distiller
 
 from .adapters import PatchMerging, init_weights, map_to_tokens, merges_to, split_prefix
-from .base import Distiller, DistillOutput, TaskConfig
-from .fitnet import check_stages
+from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import ofa_loss
 
 

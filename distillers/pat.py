@@ -22,8 +22,7 @@ from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
 
 from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
-from .base import Distiller, DistillOutput, TaskConfig
-from .fitnet import check_stages
+from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import hcl_loss, kd_loss
 
 FAITHFUL_ITEMS = {

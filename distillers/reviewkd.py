@@ -12,8 +12,7 @@ from torch import nn
 from kdbench.registry import register_distiller
 
 from .adapters import MapAligner, to_map
-from .base import Distiller, DistillOutput, TaskConfig
-from .fitnet import check_stages
+from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import hcl_loss, kd_loss
 
 

@@ -204,10 +204,9 @@ def cmd_run(args) -> int:
 
 def print_leaderboard(plan: "Plan"):
     """The grid ends with the leaderboard of its preset (every record under --out, not only this grid's)."""
-    from .report import collect, render
+    from .report import collect, emit, render
     try:
-        text = render(collect(plan.out, plan.preset.name), "md")
-        print(text, end="" if text.endswith("\n") else "\n")
+        emit(render(collect(plan.out, plan.preset.name), "md"))
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
         log(f"kdbench: no leaderboard ({exc})")
 

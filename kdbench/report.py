@@ -549,9 +549,13 @@ def cmd_leaderboard(args) -> int:
         plot_cd(table, cd_path)
         plot_pairs(table, pairs_path)
         print(f"kdbench: wrote {cd_path} and {pairs_path}", file=sys.stderr)
-    text = render(table, args.format)
-    print(text, end="" if text.endswith("\n") else "\n")
+    emit(render(table, args.format))
     return 0
+
+
+def emit(text: str):
+    """Print a rendered table to stdout, ending with exactly one newline."""
+    print(text, end="" if text.endswith("\n") else "\n")
 
 
 def _config_without_seed(rec: dict) -> str:
