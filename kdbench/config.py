@@ -13,6 +13,7 @@ import yaml
 
 from .data import DataConfig
 from .errors import UsageError, unknown_choice
+from .models.zoo import member_definition
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -108,6 +109,7 @@ class RunConfig:
              "distiller": {"name": self.distiller, **dataclasses.asdict(self.distiller_config)},
              "recipe": dataclasses.asdict(self.recipe), "data": dataclasses.asdict(self.data),
              "teacher_config": dataclasses.asdict(self.teacher_config), "compile": self.compile}
+        d["models"] = {"teacher": member_definition(self.teacher), "student": member_definition(self.student)}
         d["data"].pop("root")          # where the data lives does not change the result
         d["data"].pop("workers")
         d["teacher_config"].pop("checkpoint_dir")

@@ -246,3 +246,14 @@ def test_hash_ignores_where_files_live():
     d = base.to_dict()
     assert "root" not in d["data"] and "checkpoint_dir" not in d["teacher_config"]
     assert d["distiller"]["name"] == "kd" and d["distiller"]["temperature"] == 1.0
+
+
+def test_hash_changes_when_a_member_is_redefined(monkeypatch):
+    from kdbench.models import zoo
+    run = _run()
+    base = run.hash()
+    assert run.to_dict()["models"]["student"].startswith("_")   # a kdbench member: its definition is recorded
+    builder, defaults = zoo.MEMBERS["resnet18"]["xs"]
+    monkeypatch.setitem(zoo.MEMBERS["resnet18"], "xs", (builder, {**defaults, "channels": (8, 16, 32, 32)}))
+    assert run.student == "kdbench_resnet18_xs" and run.hash() != base
+    assert zoo.member_definition("resnet18") is None   # timm's own models: the timm version covers them

@@ -9,6 +9,8 @@ distiller see the same structure as at paper scale. All accept `num_classes`, `i
 `img_size`; CNNs get a 3x3 stem without max-pool so small images keep four stages.
 """
 
+from functools import partial
+
 import timm
 from timm.models import build_model_with_cfg, register_model
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
@@ -74,8 +76,8 @@ def _swin(embed_dim, heads, variant, pretrained=False, img_size=224, patch_size=
                   num_heads=heads, drop_path_rate=drop_path_rate, **kwargs)
 
 
-def _mixer(embed_dim, blocks, variant, resmlp=False, img_size=32, **kwargs):
-    extra = dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine) if resmlp else {}
+def _mixer(embed_dim, blocks, variant, resmlp=False, img_size=32, layer_scale=1e-4, **kwargs):
+    extra = dict(mlp_ratio=4, block_layer=partial(ResBlock, init_values=layer_scale), norm_layer=Affine) if resmlp else {}
     return _build(MlpMixer, variant=variant, img_size=img_size, patch_size=4, num_blocks=blocks, embed_dim=embed_dim, **extra, **kwargs)
 
 
@@ -101,7 +103,8 @@ MEMBERS = {
               "xs": (_vit, dict(arch="vit_small_patch16_224", embed_dim=32, depth=6, heads=2))},
     "mixer_b": {"s": (_mixer, dict(embed_dim=128, blocks=6)),
                 "xs": (_mixer, dict(embed_dim=32, blocks=6))},
-    "convnext_t": {"s": (_convnext, dict(dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), stem_stride=2)),
+    "convnext_t": {"s": (_convnext, dict(dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), stem_stride=2,
+                                             ls_init_value=1.0)),
                    "xs": (_convnext, dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)))},
     # students
     "resnet18": {"s": (_resnet, dict(arch="resnet18", layers=(1, 1, 1, 1), channels=(32, 64, 128, 256),
@@ -113,7 +116,7 @@ MEMBERS = {
                "xs": (_vit, dict(arch="deit_tiny_patch16_224", embed_dim=24, depth=6, heads=2))},
     "swin_p": {"s": (_swin, dict(embed_dim=24, heads=(1, 2, 4, 8), window_size=7, **_SMALL_SWIN)),
                "xs": (_swin, dict(embed_dim=8, heads=(1, 1, 2, 2), window_size=4, **_XS_SWIN))},
-    "resmlp_s12": {"s": (_mixer, dict(embed_dim=96, blocks=6, resmlp=True)),
+    "resmlp_s12": {"s": (_mixer, dict(embed_dim=96, blocks=6, resmlp=True, layer_scale=0.1)),
                    "xs": (_mixer, dict(embed_dim=24, blocks=6, resmlp=True))},
     # the extra members of the ImageNet pairs
     "resnet50": {"s": (_resnet, dict(arch="resnet50", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
@@ -122,6 +125,16 @@ MEMBERS = {
     "swin_n": {"s": (_swin, dict(embed_dim=32, heads=(1, 2, 4, 8), window_size=7, **_SMALL_SWIN)),
                "xs": (_swin, dict(embed_dim=12, heads=(1, 1, 2, 2), window_size=4, **_XS_SWIN))},
 }
+
+
+def member_definition(name: str):
+    """The builder and sizes behind a kdbench member (None for other timm models): part of every
+    run's configuration, so redefining a member invalidates its cached teachers and results."""
+    if not name.startswith(PREFIX):
+        return None
+    member, _, scale = name[len(PREFIX):].rpartition("_")
+    builder, defaults = MEMBERS.get(member, {}).get(scale, (None, None))
+    return None if builder is None else f"{builder.__name__}{sorted(defaults.items())}"
 
 
 def _entrypoint(name, builder, defaults):
