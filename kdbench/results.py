@@ -2,7 +2,9 @@
 
 import json
 import os
+import functools
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -68,7 +70,24 @@ def iter_records(root: Path) -> Iterator[dict]:
             yield rec
 
 
+@functools.lru_cache(maxsize=1)
+def source_revision() -> Optional[str]:
+    """The git commit of the kdbench source tree ("+dirty" when modified), or None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "kdbench", "distillers", "benchmarks")
+        return git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def versions(device: torch.device, world_size: int = 1) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"kdbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version(), "device": f"{device.type}: {name}", "world_size": world_size}
+    return {"kdbench": __version__, "source": source_revision(), "torch": torch.__version__,
+            "timm": timm.__version__, "python": platform.python_version(), "device": f"{device.type}: {name}",
+            "world_size": world_size}

@@ -143,6 +143,18 @@ def test_record_fields(tmp_path):
         assert key in rec, key
     assert rec["status"] == "done" and rec["epochs"] == 2 and 0 <= rec["top1"] <= 100
     assert rec["top5"] >= rec["top1"] and rec["best_top1"] >= rec["top1"]
-    assert set(rec["versions"]) >= {"kdbench", "torch", "timm", "python", "device", "world_size"}
+    assert set(rec["versions"]) >= {"kdbench", "source", "torch", "timm", "python", "device", "world_size"}
     assert rec["config"]["distiller"]["name"] == "vanilla"
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_records_name_the_source_revision():
+    import re
+    from pathlib import Path
+    import kdbench
+    from kdbench.results import source_revision
+    rev = source_revision()
+    if (Path(kdbench.__file__).resolve().parents[1] / ".git").exists():
+        assert rev is not None and re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev), rev
+    else:   # an installed copy: no checkout to name
+        assert rev is None
