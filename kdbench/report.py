@@ -86,11 +86,13 @@ class Table:
 
 
 # -- collect ---------------------------------------------------------------------------------------
-def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = None) -> Table:
+def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = None, *,
+            pairs: Optional[str] = None, distillers: Optional[str] = None) -> Table:
     """Load the records of one preset under `out_dir` and compute all statistics.
 
     `preset` may be omitted when `out_dir` holds one preset; `reference` defaults to `kd` when
-    it was run (otherwise no significance tests)."""
+    it was run (otherwise no significance tests). `pairs` (a `--pairs` spec) and `distillers`
+    (comma-separated names) restrict the table, e.g. to the pairs every distiller has run."""
     root = Path(out_dir)
     if not root.is_dir():
         raise UsageError(f"results directory '{root}' does not exist; pass the --out of `kdbench run`")
@@ -110,10 +112,13 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
         raise unknown_choice(f"preset with results under '{root}'", preset, found)
 
     order, by_scaled = _pair_order(preset)
+    keep_pair, keep_distiller = _filters(root / preset, preset, seed_dirs, pairs, distillers)
     rows: Dict[tuple, Row] = {}
     problems, datasets = [], set()
     for d in (d for d in seed_dirs if d.parts[-4] == preset):
         teacher, _, student = d.parts[-3].partition("__")
+        if not (keep_pair(teacher, student) and keep_distiller(d.parts[-2])):
+            continue
         if (teacher, student) not in rows:
             pair = order.get((teacher, student))
             rows[(teacher, student)] = Row(teacher, student, by_scaled.get(teacher, teacher),
@@ -137,6 +142,27 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
     _compute(table)
     _attach_published(table)
     return table
+
+
+def _filters(where: Path, preset: str, seed_dirs, pairs: Optional[str], distillers: Optional[str]):
+    """Predicates for the --pairs and --distillers restrictions (everything when not given)."""
+    keep_pair = keep_distiller = lambda *_: True
+    if pairs:
+        from .config import load_preset, preset_names
+        from .grid import resolve_pairs
+        if preset not in preset_names():
+            raise UsageError(f"--pairs needs a built-in preset's pair names; '{preset}' is not one")
+        p = load_preset(preset)
+        wanted = {pair.scaled(p) for pair in resolve_pairs(pairs, p)}
+        keep_pair = lambda t, s: (t, s) in wanted   # noqa: E731
+    if distillers:
+        have = sorted({d.parts[-2] for d in seed_dirs if d.parts[-4] == preset})
+        wanted_d = [x.strip() for x in distillers.split(",") if x.strip()]
+        for name in wanted_d:
+            if name not in have:
+                raise unknown_choice(f"distiller with runs under '{where}'", name, have)
+        keep_distiller = lambda name: name in wanted_d   # noqa: E731
+    return keep_pair, keep_distiller
 
 
 def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
@@ -288,7 +314,7 @@ def _footer(table: Table):
                       for d, g in table.gains.items()}))
     fr = table.friedman
     if fr.n:
-        rows.append((f"avg. rank ({fr.n} pairs)", dict(zip(fr.names, (_num(r) for r in fr.avg_ranks)))))
+        rows.append((f"avg. rank ({fr.n} pair{'' if fr.n == 1 else 's'})", dict(zip(fr.names, (_num(r) for r in fr.avg_ranks)))))
     return rows
 
 
@@ -532,6 +558,8 @@ def add_parser(subparsers):
     p.add_argument("--out", default="runs", help="results directory given to `kdbench run` (default: runs)")
     p.add_argument("--preset", default=None, help="preset to tabulate (needed when --out holds several)")
     p.add_argument("--reference", default=None, help="distiller the others are tested against (default: kd if run)")
+    p.add_argument("--pairs", default=None, help="only these pairs: all | SET | T:S[,T:S..] (default: every pair run)")
+    p.add_argument("--distillers", default=None, help="only these distillers: NAME[,NAME..] (default: every one run)")
     p.add_argument("--format", default="md", choices=FORMATS, help="output on stdout (default: md)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also write the CD diagram to FILE.png and per-pair accuracies to FILE-pairs.png")
@@ -542,7 +570,7 @@ def add_parser(subparsers):
 def cmd_leaderboard(args) -> int:
     """Print the leaderboard of `args.out` in `args.format`; write the plots when `args.plot` is set."""
     import sys
-    table = collect(args.out, args.preset, args.reference)
+    table = collect(args.out, args.preset, args.reference, pairs=args.pairs, distillers=args.distillers)
     if args.plot:
         cd_path, pairs_path = plot_paths(args.plot)
         cd_path.parent.mkdir(parents=True, exist_ok=True)

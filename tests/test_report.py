@@ -264,3 +264,26 @@ def test_seeds_of_one_cell_are_one_configuration(tmp_path):
     md = report.render(report.collect(tmp_path), "md")
     assert "fitnet: runs with 2 different configurations" in md
     assert "kd: runs with" not in md
+
+
+def test_collect_restricted_to_pairs_and_distillers(runs):
+    t = report.collect(runs, pairs="swin_tiny_patch4_window7_224:resnet18,mixer_b16_224:deit_tiny_patch16_224",
+                       distillers="vanilla,kd,dkd")
+    assert [(r.teacher, r.student) for r in t.rows] == [SWIN_R18, MIXER_DEIT]
+    assert t.distillers == ["vanilla", "kd", "dkd"] and t.problems[0]["dir"].endswith("dkd/seed3")
+    assert t.friedman is not None and t.friedman.n == 2        # both pairs complete for all three
+    full = report.collect(runs)
+    assert cell(t, MIXER_DEIT, "kd").values == cell(full, MIXER_DEIT, "kd").values
+    assert [(r.teacher, r.student) for r in report.collect(runs, pairs="vit-mlp-students").rows] == \
+        [MIXER_DEIT, CONV_RESMLP]                            # a pair set in preset order
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"distillers": "kd,pat"}, ["pat", "dkd, fitnet, kd, vanilla"]),
+    ({"pairs": "swin_tiny_patch4_window7_224:nope"}, ["nope"]),
+    ({"pairs": "no-such-set"}, ["no-such-set", "cnn-students"]),
+])
+def test_collect_filters_reject_unknown_names(runs, kw, words):
+    with pytest.raises(UsageError) as err:
+        report.collect(runs, **kw)
+    assert all(w in str(err.value) for w in words), str(err.value)
