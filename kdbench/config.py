@@ -42,7 +42,7 @@ class RecipeConfig:
     cutmix: float = 0.0
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True       # for families that profit (resnet, mobilenetv2)
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024      # on CUDA; CPUs evaluate in batches of at most 128 (faster)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "recipe.epochs", self.epochs, "an integer >= 1")

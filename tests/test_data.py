@@ -386,3 +386,16 @@ def test_real_fashion_mnist(monkeypatch):
     assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
     assert (ds.train_labels.bincount() == 6000).all() and (ds.test_labels.bincount() == 1000).all()
     assert abs(ds.train_images.float().mean().item() / 255 - 0.2860) < 1e-3
+
+
+def test_cpu_evaluation_uses_small_batches_with_the_same_result():
+    from kdbench.data import CPU_EVAL_BATCH, build_loaders
+    cfg = DataConfig(dataset="synthetic", img_size=16, train_limit=256, test_limit=300)
+    _, ev, _ = build_loaders(cfg, batch_size=32, device="cpu", seed=0, eval_batch_size=1024)
+    _, ev_small, _ = build_loaders(cfg, batch_size=32, device="cpu", seed=0, eval_batch_size=50)
+    sizes = [x.shape[0] for x, _ in ev.epoch(0)]
+    assert max(sizes) == CPU_EVAL_BATCH and sum(sizes) == 300
+    assert [x.shape[0] for x, _ in ev_small.epoch(0)][0] == 50          # smaller requests are kept
+    a = torch.cat([x for x, _ in ev.epoch(0)])
+    b = torch.cat([x for x, _ in ev_small.epoch(0)])
+    assert torch.equal(a, b)                                             # same images, same order
