@@ -5,7 +5,7 @@ from typing import Dict, List
 
 import torch
 
-from .config import apply_overrides, load_preset, parse_overrides
+from .config import apply_overrides, compile_flag, load_preset, parse_overrides
 from .data import dataset_geometry
 from .engine import autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, train_step
 from .errors import UsageError
@@ -36,7 +36,8 @@ def bench(args) -> List[Dict]:
     teacher_cfg = apply_overrides(preset.teacher, overrides, "teacher")
     timed = args.steps > 0
     measured = names + (["kd"] if timed and "kd" not in names else [])   # kd: the ratio's reference
-    runs = expand_runs(preset, pairs, measured, [0], data=data, teacher_cfg=teacher_cfg, overrides=overrides)
+    runs = expand_runs(preset, pairs, measured, [0], data=data, teacher_cfg=teacher_cfg, overrides=overrides,
+                       compile_=compile_flag(overrides))
     device = resolve_device(args.device)
     num_classes, in_chans = dataset_geometry(data)
     rows, teachers = [], {}
@@ -51,11 +52,11 @@ def bench(args) -> List[Dict]:
                "distiller": run.distiller, "preset": preset.name, "device": str(device),
                "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,
                "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
-               "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None}
+               "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None, "compile": run.compile}
         if timed:
             forward = torch.compile(distiller) if run.compile else distiller
             row.update(_time_steps(distiller, forward, run.recipe, row["batch_size"], num_classes, in_chans,
-                                   data.img_size, args.steps, args.warmup, device), compile=run.compile)
+                                   data.img_size, args.steps, args.warmup, device))
         rows.append(row)
         del distiller
     for row in rows:

@@ -3,11 +3,13 @@
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import sys
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import List
 
@@ -18,7 +20,8 @@ from .errors import UsageError
 def log(msg: str):
     from .distributed import info
     if info().is_main:          # under torchrun, rank 0 speaks for all
-        print(msg, file=sys.stderr, flush=True)
+        worker = os.environ.get("KDBENCH_WORKER")         # kdbench run --workers N
+        print(f"[worker {worker}] {msg}" if worker else msg, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", default="local", choices=["local", "ray"],
                      help="where the grid's cells run: this process (local) or Ray tasks")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="local executor: processes sharing the grid, each with 1/N of the CPU threads")
 
     teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
     common(teach)
@@ -148,7 +153,7 @@ class Plan:
     """A validated grid: everything is checked before anything is written."""
 
     def __init__(self, args, distillers: List[str]):
-        from .config import apply_overrides, load_preset, parse_overrides
+        from .config import apply_overrides, compile_flag, load_preset, parse_overrides
         from .data import resolve_root
         from .engine import resolve_device
         from .grid import expand_runs, parse_seeds, resolve_pairs
@@ -163,9 +168,7 @@ class Plan:
             self.data = dataclasses.replace(self.data, root=args.data_root)
         resolve_root(self.data.dataset, self.data.root)       # missing data: fail now, write nothing
         self.teacher_cfg = apply_overrides(self.preset.teacher, overrides, "teacher")
-        compile_ = overrides.get("compile", False)
-        if not isinstance(compile_, bool):
-            raise UsageError(f"bad value {compile_!r} for compile: must be true or false")
+        compile_ = compile_flag(overrides)
         from .distributed import device_for
         self.device = device_for(resolve_device(args.device))
         self.out = Path(args.out)
@@ -183,6 +186,17 @@ def cmd_run(args) -> int:
     for n in names:
         DISTILLERS.get(n)
     from . import distributed
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1:
+        if args.fresh or args.executor == "ray" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--workers > 1 runs the local executor in one process per worker; it cannot be "
+                             "combined with --fresh, --executor ray or torchrun")
+        from .workers import execute_workers
+        plan = Plan(args, list(dict.fromkeys(names)))          # validated here, before any worker starts
+        status = execute_workers(args, log)
+        print_leaderboard(plan)
+        return status
     if args.executor == "ray":
         if args.fresh:
             raise UsageError("--fresh cannot be combined with --executor ray; clear the cells locally first")
@@ -255,6 +269,7 @@ def execute(plan: Plan, fresh: bool = False) -> int:
     from .locks import RunLock
     from .registry import DISTILLERS
     from .results import atomic_write_json, read_record
+    from .teachers import teacher_in_use
     from . import distributed
     main = distributed.info().is_main
     todo, skipped, error = [], 0, None
@@ -274,13 +289,23 @@ def execute(plan: Plan, fresh: bool = False) -> int:
     todo = [(plan.runs[i], run_dir(plan.out, plan.runs[i].preset, plan.runs[i].teacher, plan.runs[i].student,
                                    plan.runs[i].distiller, plan.runs[i].seed)) for i in todo]
     log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
-    # Order: by teacher, so each teacher is trained (or loaded) once and then reused.
+    # Order: by teacher, so each teacher is trained (or loaded) once and then reused. A cell whose
+    # teacher another process is training right now waits its turn behind the other teachers' cells.
     order = {t: i for i, t in enumerate(plan.teachers)}
-    todo.sort(key=lambda x: order[x[0].teacher])
-    teachers, failed, busy, t0 = {}, 0, 0, time.perf_counter()
+    queue = deque(sorted(todo, key=lambda x: order[x[0].teacher]))
+    teachers, failed, busy, k, deferred, t0 = {}, 0, 0, 0, 0, time.perf_counter()
+    total = len(queue)
     with StopOnSignal() as stop:
-        for k, (run, rdir) in enumerate(todo, 1):
-            label = f"[{k}/{len(todo)}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
+        while queue:
+            run, rdir = queue.popleft()
+            needs_teacher = DISTILLERS.get(run.distiller).requires_teacher and run.teacher not in teachers
+            if deferred < len(queue) and needs_teacher and distributed.broadcast(
+                    main and teacher_in_use(plan.out, plan.preset.name, run.teacher)):
+                queue.append((run, rdir))
+                deferred += 1
+                continue
+            deferred, k = 0, k + 1
+            label = f"[{k}/{total}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
             if distributed.any_rank(stop(), plan.device):
                 log(f"kdbench: {stop.name} received; stopped before {label}; rerun the same command to go on")
                 return 128 + (stop.signum or signal.SIGTERM)
@@ -319,7 +344,7 @@ def execute(plan: Plan, fresh: bool = False) -> int:
                 return 128 + (stop.signum or signal.SIGTERM)
             finally:
                 lock.release()
-    log(f"kdbench: finished {len(todo) - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
+    log(f"kdbench: finished {total - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
         + (f", {busy} left to other processes" if busy else "") + f"; records under {plan.out / plan.preset.name}")
     return 1 if failed else 0
 

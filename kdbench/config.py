@@ -228,6 +228,14 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
     return out
 
 
+def compile_flag(overrides: Dict[str, object]) -> bool:
+    """`--set compile=true|false` (default false): wrap the training forward in torch.compile."""
+    value = overrides.get("compile", False)
+    if not isinstance(value, bool):
+        raise UsageError(f"bad value {value!r} for compile: must be true or false")
+    return value
+
+
 def _scalar(text: str):
     """YAML scalar, except that numbers such as 1e-3 (a string in YAML 1.1) are numbers."""
     for number in (int, float):

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -244,7 +245,8 @@ class Trainer:
         done, n = partial.get("batches", 0), partial.get("images", 0)
         start = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"{self.label} epoch {self.epoch + 1}",
-                   leave=False, disable=None, file=sys.stderr)   # shown on a terminal only
+                   leave=False, disable=None, file=sys.stderr,    # shown on a terminal only
+                   position=int(os.environ.get("KDBENCH_WORKER", 0)))  # one line per --workers process
         batches = self.train_loader.epoch(self.epoch)
         for _ in range(done):            # resuming inside the epoch: the same batches, already trained
             next(batches)

@@ -55,6 +55,10 @@ class RunLock:
             time.sleep(poll)
         return True
 
+    def held_elsewhere(self) -> bool:
+        """Another live process holds the lock now (a snapshot: it may be released a moment later)."""
+        return self.path.exists() and not self.held and not self._stale()
+
     def refresh(self):
         if self.held:
             os.utime(self.path)

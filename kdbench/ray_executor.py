@@ -26,7 +26,7 @@ def _import_ray():
     return ray
 
 
-def _common_args(args) -> List[str]:
+def common_args(args) -> List[str]:
     argv = ["--preset", args.preset, "--out", os.path.abspath(args.out), "--device", args.device]
     if args.data_root:
         argv += ["--data-root", os.path.abspath(args.data_root)]
@@ -55,7 +55,7 @@ def execute_ray(plan, args, log) -> int:
                  **({} if args.ray_address else {"num_cpus": os.cpu_count()}))
     gpus = 1 if args.device == "cuda" or (args.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=True)(_cell_command)
-    common = _common_args(args)
+    common = common_args(args)
     from .registry import DISTILLERS
     t0 = time.perf_counter()
     # 1. teachers, each once

@@ -58,6 +58,11 @@ def _fresh_model(teacher: str, info, device) -> FeatureModel:
     return fm.to(device)
 
 
+def teacher_in_use(out: Path, preset: str, teacher: str) -> bool:
+    """Another process is training (or loading) this teacher right now."""
+    return RunLock(teacher_dir(out, preset, teacher)).held_elsewhere()
+
+
 def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig, *, out: Path,
                 device: torch.device, log: Callable[[str], None], verify: bool = False,
                 should_stop: Callable[[], bool] = lambda: False) -> Tuple[FeatureModel, dict]:

@@ -343,3 +343,15 @@ def test_bench_times_steps_and_reports_the_ratio_to_kd(capsys):
                           "ratio_to_kd"}
     assert main(["bench", "--preset", "smoke", "--pair", "all", "--distillers", "nope", "--steps", "0"]) == 2
     assert "unknown distiller 'nope'" in capsys.readouterr().err
+
+
+def test_bench_passes_the_compile_flag_through(capsys):
+    """`--set compile=true` reaches the benchmarked runs (it was once dropped silently)."""
+    args = ["bench", "--preset", "smoke", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--distillers", "kd",
+            "--steps", "0", "--json"]
+    assert main(args) == 0
+    assert [r["compile"] for r in json.loads(capsys.readouterr().out)] == [False]
+    assert main(args + ["--set", "compile=true"]) == 0
+    assert [r["compile"] for r in json.loads(capsys.readouterr().out)] == [True]
+    assert main(args + ["--set", "compile=maybe"]) == 2
+    assert "true or false" in capsys.readouterr().err

@@ -329,3 +329,20 @@ def test_same_conv_skipping_padding_taps_is_exact(size, groups):
     y2.square().sum().backward()
     assert torch.allclose(x1.grad, x2.grad, atol=1e-12)
     assert torch.allclose(conv.weight.grad, ref.weight.grad, atol=1e-12)
+
+
+def test_pat_breakdown_switches_the_parts_on_one_at_a_time(capsys, tmp_path):
+    """benchmarks/pat_breakdown.py: each variant adds modules (more extra parameters) and the
+    per-part increments add up to PAT's total ratio to KD."""
+    from benchmarks.pat_breakdown import main as breakdown
+    out = tmp_path / "breakdown.json"
+    assert breakdown(["--preset", "smoke", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--steps", "1",
+                      "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["kdbench_vit_s_xs:kdbench_resnet18_xs"]
+    extras = [r[v]["extra_params"] for v in ("raa", "prompts", "pat")]
+    assert 0 < extras[0] < extras[1] < extras[2]
+    row = capsys.readouterr().out.splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    increments = [float(c.strip("+× KD")) for c in cells[2:5]]
+    assert sum(increments) == pytest.approx(r["pat"]["ratio_to_kd"] - 1.0, abs=0.02)
+    assert float(cells[5].rstrip("×")) == pytest.approx(r["pat"]["ratio_to_kd"], abs=0.01)

@@ -75,6 +75,65 @@ def test_a_cell_locked_by_a_live_process_is_left_to_it(tmp_path, capsys):
     assert not (other / ".lock").exists()
 
 
+def test_held_elsewhere_sees_live_owners_only(tmp_path):
+    _write_lock(tmp_path / "live")
+    assert RunLock(tmp_path / "live").held_elsewhere()
+    _write_lock(tmp_path / "dead", pid=_dead_pid())
+    assert not RunLock(tmp_path / "dead").held_elsewhere()
+    assert not RunLock(tmp_path / "free").held_elsewhere()
+    ours = RunLock(tmp_path / "ours")
+    assert ours.try_acquire() and not ours.held_elsewhere()
+    ours.release()
+
+
+TWO_TEACHERS = PAIR + ",kdbench_convnext_t_xs:kdbench_deit_t_xs"
+
+
+def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(tmp_path, capsys, monkeypatch):
+    """While another process trains the first teacher, the grid runs the second teacher's cells first
+    (then comes back; here the other process is gone by then)."""
+    import kdbench.teachers as teachers
+    checked = []
+
+    def in_use(out, preset, teacher):
+        checked.append(teacher)
+        return teacher == "kdbench_vit_s_xs" and checked.count(teacher) <= 2     # busy for a while
+    monkeypatch.setattr(teachers, "teacher_in_use", in_use)
+    code = main(["run", "--distiller", "kd", "--pairs", TWO_TEACHERS, "--preset", "smoke", "--seeds", "2",
+                 "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    cells = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("[") and "] kd " in line]
+    assert code == 0 and len(cells) == 4
+    assert [c.split()[1].split("->")[0] for c in cells] == ["kdbench_convnext_t_xs"] * 2 + ["kdbench_vit_s_xs"] * 2
+    assert [line.split("]")[0] for line in err.splitlines() if line.startswith("[") and "] kd " in line] == \
+        ["[1/4", "[2/4", "[3/4", "[4/4"]
+
+
+def test_workers_share_one_grid(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "kd", "--pairs", TWO_TEACHERS,
+                           "--preset", "smoke", "--seeds", "1", "--out", str(out), "--workers", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 worker processes" in proc.stderr and "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
+    recs = [json.loads(p.read_text()) for p in out.rglob("result.json") if "teachers" not in p.parts]
+    assert sorted((r["teacher"], r["status"]) for r in recs) == [("kdbench_convnext_t_xs", "done"),
+                                                                   ("kdbench_vit_s_xs", "done")]
+    assert proc.stdout.count("## kdbench leaderboard") == 1      # one leaderboard, the parent's
+    trained = [line for line in proc.stderr.splitlines() if ": top-1" in line and "teacher" in line]
+    assert len(trained) == 2                                      # each teacher trained once
+    assert not list(out.rglob(".lock"))
+
+
+@pytest.mark.parametrize("extra", [["--workers", "0"], ["--workers", "2", "--fresh"],
+                                   ["--workers", "2", "--executor", "ray"]])
+def test_bad_workers_requests_exit_2(tmp_path, capsys, extra):
+    code = main(["run", "--distiller", "kd", "--pairs", PAIR, "--preset", "smoke", "--out", str(tmp_path / "r"),
+                 *extra])
+    assert code == 2 and "--workers" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 # ----------------------------------------------------------------------------- interruption
 
 def _cli(out, *extra):
