@@ -2,8 +2,8 @@
 
 Each worker is an ordinary `kdbench run` of the same grid with 1/N of the CPU threads (and, with
 at least N GPUs, a GPU of its own). The run locks hand every cell to one worker; a worker whose
-next teacher another worker is training takes other teachers' cells meanwhile. On CPUs this pays
-where one process cannot keep every core busy: small models, small batches (benchmarks/README.md).
+next teacher another worker is training takes other teachers' cells meanwhile. Meant for nodes with
+several GPUs; on a 2-core CPU it measured no faster than one process (benchmarks/README.md).
 """
 
 import os
@@ -41,12 +41,12 @@ def execute_workers(args, log) -> int:
     import torch
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     argv = [sys.executable, "-m", "kdbench", *run_argv(args)]
-    log(f"kdbench: {args.workers} worker processes, {worker_env(0, args.workers, gpus)['OMP_NUM_THREADS']} "
-        f"threads each" + (", one GPU each" if gpus >= args.workers else ""))
+    envs = [worker_env(k, args.workers, gpus) for k in range(args.workers)]
+    log(f"kdbench: {args.workers} worker processes, {envs[0]['OMP_NUM_THREADS']} threads each"
+        + (", one GPU each" if gpus >= args.workers else ""))
     # stdout (each worker's leaderboard) is dropped: the parent prints the grid's; stderr is the log.
     # Own sessions: a Ctrl-C reaches the workers once, forwarded by `forward`, as in a single process.
-    procs = [subprocess.Popen(argv, env=worker_env(k, args.workers, gpus), stdout=subprocess.DEVNULL,
-                              start_new_session=True) for k in range(args.workers)]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, start_new_session=True) for env in envs]
 
     def forward(signum, frame):
         for p in procs:
