@@ -1,47 +1,56 @@
 #!/usr/bin/env bash
-# GPU check: the CUDA path end to end in a few minutes; figures go to OUT_DIR.
-#   benchmarks/gpu_check.sh OUT_DIR            (needs: pip install -e . done, a CUDA device)
-# 1. smoke grid on the GPU (kd, fitnet, ofa, pat on 2 pairs): records, bf16 autocast, device data
-# 2. step-time benchmark of every distiller on the lite preset (32 px, CIFAR-100 shapes, bf16)
-# 3. the data loader alone: device-resident vs torchvision DataLoader (synthetic data, 32 px)
-set -euo pipefail
-OUT=${1:?usage: gpu_check.sh OUT_DIR}
-DEVICE=${KDBENCH_DEVICE:-cuda}
-STEPS=${KDBENCH_STEPS:-30}
+# The one script a GPU-lent session runs (about 8 minutes on one H100/H200); figures go to OUT_DIR.
+#   benchmarks/gpu_check.sh OUT_DIR            (after `pip install -e .`; a CUDA device)
+#   benchmarks/gpu_check.sh OUT_DIR --tiny     (CPU self-test of the same logic at smoke scale: tests use it)
+# Steps (each runs even when an earlier one failed; its exit status and time go to steps.jsonl):
+#   probe        device, bf16 support, a matmul peak in the runs' dtype
+#   plan         training FLOPs per image of the checked cells (kdbench plan)
+#   dry-eager    paper dry run: Swin-T->ResNet18 and ConvNeXt-T->DeiT-T x (kd, ofa, pat), batch 128,
+#                synthetic 224-px data, bf16 autocast, channels_last
+#   dry-compile  the same with torch.compile
+#   tiny         the tiny grid's Swin-T->ResNet18 x (kd, pat), one seed, end to end (teacher trained);
+#                Fashion-MNIST from $KDBENCH_DATA: the device machine has no network, so copy
+#                /usr/share/datasets/fashion-mnist (30 MB) to .data/ (git-ignored), carry it, and
+#                run `KDBENCH_DATA=.data benchmarks/gpu_check.sh "$OUT/check"`
+#   summary      gpu-check.json (+ gpu-utilisation.json: copy it to benchmarks/results/ to commit it)
+set -uo pipefail
+OUT=${1:?usage: gpu_check.sh OUT_DIR [--tiny]}
+MODE=${2:-full}
+HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
+: > "$OUT/steps.jsonl"
 export HF_HUB_OFFLINE=1
-python - <<PY > "$OUT/device.json"
-import json, torch
-d = {"torch": torch.__version__, "cuda": torch.version.cuda, "available": torch.cuda.is_available()}
-if torch.cuda.is_available():
-    d.update(name=torch.cuda.get_device_name(0), bf16=torch.cuda.is_bf16_supported(),
-             memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
-print(json.dumps(d, indent=2))
-PY
-cat "$OUT/device.json"
-start=$(date +%s)
-python -m kdbench run --device "$DEVICE" --preset smoke --distiller kd,fitnet,ofa,pat \
-  --pairs swin_tiny_patch4_window7_224:resnet18,convnext_tiny:deit_tiny_patch16_224 \
-  --out "$OUT/runs" > "$OUT/smoke-leaderboard.md" 2> "$OUT/smoke.log"
-echo "smoke grid: $(( $(date +%s) - start )) s" | tee "$OUT/timings.txt"
-for pair in swin_tiny_patch4_window7_224:resnet18 convnext_tiny:deit_tiny_patch16_224 mixer_b16_224:swin_pico_patch4_window7_224; do
-  python -m kdbench bench --device "$DEVICE" --preset lite --pair "$pair" --distillers all --steps "$STEPS" --json \
-    > "$OUT/bench-lite-${pair%%:*}.json"
-done
-echo "bench: $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"
-python -m kdbench bench --device "$DEVICE" --data --preset smoke --set data.img_size=32 --set data.synthetic_train=50000 \
-  --batch-size 256 --steps 150 --json > "$OUT/bench-data.json"
-python -m kdbench bench --device "$DEVICE" --preset lite --pair convnext_tiny:deit_tiny_patch16_224 \
-  --distillers kd,pat --steps "$STEPS" --set compile=true --json > "$OUT/bench-lite-compile.json" || true
-echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"
-python - "$OUT" <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-for f in sorted(out.glob("bench-*.json")):
-    for r in json.loads(f.read_text()):
-        if "loader" in r:
-            print(f"{f.name:32s} {r['loader']:44s} {r['img_per_s']:>10} img/s  x{r['ratio_to_torchvision']}")
-        else:
-            print(f"{f.name:32s} {r['pair'][:40]:40s} {r['distiller']:9s} {r['img_per_s']:>9} img/s "
-                  f"{r['step_ms']:>8} ms  x{r['ratio_to_kd']}  {r['peak_mem_mb']} MB  warm-up {r['warmup_s']} s")
-PY
+PAIRS=swin_tiny_patch4_window7_224:resnet18,convnext_tiny:deit_tiny_patch16_224
+if [ "$MODE" = "--tiny" ]; then
+  DEVICE=cpu
+  PAPER=(--preset smoke --pairs "$PAIRS" --set recipe.batch_size=16)
+  TINY=(--preset smoke --pairs swin_tiny_patch4_window7_224:resnet18)
+  DRY_STEPS=2
+  export TORCH_COMPILE_DISABLE=1      # the self-test checks the command lines, not inductor's C++ build
+else
+  DEVICE=${KDBENCH_DEVICE:-cuda}
+  PAPER=(--preset paper --pairs "$PAIRS" --set recipe.batch_size=128 --set data.dataset=synthetic
+         --set data.synthetic_classes=100 --set data.synthetic_size=32 --set data.synthetic_train=2048
+         --set data.synthetic_test=512 --set teacher.source=train)
+  TINY=(--preset tiny --pairs swin_tiny_patch4_window7_224:resnet18)
+  DRY_STEPS=${KDBENCH_DRY_STEPS:-8}
+fi
+
+step() {    # step NAME LIMIT_S COMMAND...: run it, keep its output and log, record exit status and seconds
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout --signal=TERM --kill-after=20 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.log"
+  local rc=$?
+  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - start))}" >> "$OUT/steps.jsonl"
+  echo "gpu_check: $name exit $rc in $((SECONDS - start)) s" >&2
+}
+
+# Limits (s) keep the whole check under about 8 minutes; a step cut short keeps its finished cells.
+step probe 60 python "$HERE/gpu_check.py" probe "$OUT" "$DEVICE"
+step plan 60 python -m kdbench plan "${PAPER[@]}" --distiller kd,ofa,pat --seeds 1 --json-out "$OUT/plan.json"
+step dry-eager 90 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller kd,ofa,pat \
+  --device "$DEVICE" --out "$OUT/dry-eager"
+step dry-compile 180 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller kd,ofa,pat \
+  --set compile=true --device "$DEVICE" --out "$OUT/dry-compile"
+step tiny 120 python -m kdbench run "${TINY[@]}" --distiller kd,pat --seeds 1 --device "$DEVICE" --out "$OUT/tiny"
+python "$HERE/gpu_check.py" summary "$OUT"

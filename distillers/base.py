@@ -1,7 +1,7 @@
 """The Distiller base class: a student, a frozen teacher, and named weighted losses."""
 
 from dataclasses import dataclass
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class Distiller(nn.Module):
 
     Config = TaskConfig
     requires_teacher = True
-    find_unused_parameters = False      # DDP: set where some parameters skip a step (PAT's first step)
+    find_unused_parameters = False      # DDP: set where some parameters skip a step (cheaper: `idle_parameters`)
 
     def __init__(self, student: FeatureModel, teacher: Optional[FeatureModel], cfg, *,
                  num_classes: int, criterion: Callable):
@@ -57,6 +57,9 @@ class Distiller(nn.Module):
         self.num_classes = num_classes
         self.criterion = criterion
         self.epoch, self.epochs = 0, 1
+        # The epoch as forward reads it: torch.compile guards on a Python int read there and would
+        # recompile every epoch, not on a tensor. Not persistent: the loop sets it every epoch.
+        self.register_buffer("epoch_tensor", torch.zeros((), dtype=torch.long), persistent=False)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -68,16 +71,29 @@ class Distiller(nn.Module):
         return self
 
     def set_progress(self, epoch: int, epochs: int):
-        """Called by the loop at the start of each epoch (0-based), for warm-ups."""
+        """Called by the loop at the start of each epoch (0-based), for warm-ups. `forward` reads the
+        epoch from `epoch_tensor` (see `warmup`), never from the int `self.epoch`."""
         self.epoch, self.epochs = epoch, epochs
+        self.epoch_tensor.fill_(epoch)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> DistillOutput:
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------
-    def warmup(self, epochs: float) -> float:
-        """Linear loss warm-up factor min(1, (epoch + 1) / epochs), per epoch as in ReviewKD/DKD."""
-        return 1.0 if epochs <= 0 else min(1.0, (self.epoch + 1) / epochs)
+    def warmup(self, epochs: float, weight: float = 1.0):
+        """`weight` x the linear loss warm-up factor min(1, (epoch + 1) / epochs), per epoch as in
+        ReviewKD/DKD: `weight` itself when there is no warm-up, else a 0-d fp32 tensor on the model's
+        device, computed in fp64 like the Python float it replaces (the same bits times an fp32 loss)."""
+        if epochs <= 0:
+            return weight
+        ramp = torch.clamp((self.epoch_tensor.double() + 1) / epochs, max=1.0)
+        return (weight * ramp).float()
+
+    def idle_parameters(self, batch: int) -> List[nn.Parameter]:
+        """Parameters that the next training step (on `batch` images) uses with a zero weight only, so
+        that DDP sees every parameter in the graph without `find_unused_parameters`. The loop clears
+        their gradients after backward: the optimizer then skips them as if they had sat out."""
+        return []
 
     def gt_loss(self, logits, labels):
         return self.cfg.gt_weight * self.criterion(logits, labels)

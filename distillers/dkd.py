@@ -36,4 +36,4 @@ class DKD(Distiller):
         t_logits = self.teacher_logits(images)
         dkd = dkd_loss(logits, t_logits, labels, cfg.alpha, cfg.beta, cfg.temperature)
         return DistillOutput(logits, {"gt": self.gt_loss(logits, labels),
-                                      "dkd": cfg.kd_weight * self.warmup(cfg.warmup_epochs) * dkd})
+                                      "dkd": self.warmup(cfg.warmup_epochs, cfg.kd_weight) * dkd})

@@ -11,7 +11,6 @@ code's behaviours item by item (`FAITHFUL_ITEMS`); `faithful_items=[...]` select
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -99,25 +98,18 @@ def back_to_tokens(m: torch.Tensor, rest: Optional[torch.Tensor], last_token_cls
     return torch.cat([tokens, rest] if last_token_cls else [rest, tokens], dim=1)
 
 
-@lru_cache(maxsize=64)
-def _sinusoid(n: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return _sinusoid_cpu(n, d).to(device=device, dtype=dtype)
+PE_BATCH_ROWS = 5000       # the official table's length: `pe_by_batch` indexes it by sample (batches <= 5000)
 
 
-@lru_cache(maxsize=16)
-def _sinusoid_cpu(n: int, d: int) -> torch.Tensor:
+def sinusoid(n: int, d: int) -> torch.Tensor:
+    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d) fp32, computed on the CPU
+    in fp64 (the same bits on every device)."""
     pos = torch.arange(n, dtype=torch.float64)[:, None]
     div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
     pe = torch.zeros(n, d, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
     return pe.float()
-
-
-def sinusoid(n: int, d: int, like: torch.Tensor) -> torch.Tensor:
-    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d), cached per device and
-    dtype (no host-to-device copy per step)."""
-    return _sinusoid(n, d, like.device, like.dtype)
 
 
 # -- Region-Aware Attention -----------------------------------------------------------------
@@ -153,13 +145,17 @@ class RegionAttention(nn.Module):
         self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.keep_attention = False          # set by `kdbench viz attention`
         self.attention: Optional[torch.Tensor] = None
+        # Built once and moved with the module: forward only slices it (no table built, cached or
+        # copied to the device inside a compiled step). Not persistent: checkpoints stay as they were.
+        rows = PE_BATCH_ROWS if self.pe_by_batch else len(specs) * cfg.grid ** 2
+        self.register_buffer("pe", sinusoid(rows, cfg.dim), persistent=False)
 
     def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
         e = torch.cat([proj(f) for proj, f in zip(self.projectors, feats)], dim=1)
         b, n, d = e.shape
         h = self.norm(e)
         q, (k, v) = self.q(h), self.kv(h).chunk(2, dim=-1)
-        pe = sinusoid(b, d, q)[:, None] if self.pe_by_batch else sinusoid(n, d, q)[None]
+        pe = (self.pe[:b, None] if self.pe_by_batch else self.pe[None, :n]).to(q.dtype)
         q, k = q + pe, k + pe
         q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
         if self.keep_attention:
@@ -248,6 +244,10 @@ class PromptBlock(nn.Module):
                                     conv(c, c, groups=g))
         self.beta = nn.Parameter(torch.zeros(1))
 
+    def fusion_parameters(self) -> List[nn.Parameter]:
+        """The parameters that only a step with feedback uses (fusion and feedback alignment)."""
+        return [p for m in (self.fuse, self.fb_align) if m is not None for p in m.parameters()]
+
     def forward(self, x, feedback=None):
         u = x
         if feedback is not None and self.fuse is not None:
@@ -259,12 +259,26 @@ class PromptBlock(nn.Module):
 
 class FeedbackState(nn.Module):
     """Per-stage feedback (student aligned - prompted teacher target, detached) from the previous
-    step, kept in the checkpoint through `get_extra_state` so a resumed run continues exactly."""
+    step, kept in the checkpoint through `get_extra_state` so a resumed run continues exactly.
+
+    `stepped` is the last epoch whose first training step has run: a tensor, which a compiled
+    forward updates without guarding on its value (an int would recompile every epoch). The
+    checkpoint keeps it as the int `stepped_epoch`, as before."""
 
     def __init__(self):
         super().__init__()
         self.maps: Dict[int, torch.Tensor] = {}
-        self.stepped_epoch = -1         # the last epoch whose first training step has run
+        self.register_buffer("stepped", torch.full((), -1, dtype=torch.long), persistent=False)
+        self.host_stepped = -1          # a host copy, kept by the official-order path only (no sync per step)
+
+    @property
+    def stepped_epoch(self) -> int:
+        return int(self.stepped)        # a device sync: for checkpoints, never per step
+
+    @stepped_epoch.setter
+    def stepped_epoch(self, epoch: int):
+        self.stepped.fill_(epoch)
+        self.host_stepped = epoch
 
     def get_extra_state(self):
         return {"maps": {str(k): v for k, v in self.maps.items()}, "stepped_epoch": self.stepped_epoch}
@@ -279,7 +293,6 @@ class FeedbackState(nn.Module):
 @register_distiller("pat")
 class PAT(Distiller):
     Config = PATConfig
-    find_unused_parameters = True       # the fusion blocks sit out the first step (no feedback yet)
 
     def __init__(self, student, teacher, cfg: PATConfig, **kw):
         super().__init__(student, teacher, cfg, **kw)
@@ -317,6 +330,9 @@ class PAT(Distiller):
             with self.teacher.stage_inputs(transforms):
                 p_logits, p_feats = self.teacher(images)      # a graph through the frozen teacher
             losses["pat_reg"] = cfg.reg_weight * kd_loss(p_logits, t_logits, 1.0)
+            anchor = self._zero_anchor(feedback)
+            if anchor is not None:
+                losses["pat_reg"] = losses["pat_reg"] + anchor
         else:
             p_feats = t_feats
         targets = [grid_part(f, spec, self.last_cls)[0] for f, spec in zip(p_feats, t_specs)]
@@ -337,16 +353,46 @@ class PAT(Distiller):
         return [al(r) for al, r in zip(self.aligners, regions)]
 
     def _clean_teacher(self, images):
-        first = self.training and self.feedback.stepped_epoch != self.epoch
+        if self.training and "teacher_train_first_step" in self.cfg.items:
+            return self._official_clean_teacher(images)
         if self.training:
-            self.feedback.stepped_epoch = self.epoch
-        if first and "teacher_train_first_step" in self.cfg.items:                # the official order: teacher.eval() comes after this pass
+            self.feedback.stepped.copy_(self.epoch_tensor)
+        with torch.no_grad():
+            return self.teacher(images)
+
+    @torch.compiler.disable     # a per-step mode switch decided on the host: kept out of compiled graphs
+    def _official_clean_teacher(self, images):
+        """The official order: on each epoch's first training step the clean teacher runs in train
+        mode (teacher.eval() comes after this pass)."""
+        first = self.feedback.host_stepped != self.epoch
+        self.feedback.stepped_epoch = self.epoch
+        if first:
             self.teacher.train()
         try:
             with torch.no_grad():
                 return self.teacher(images)
         finally:
             self.teacher.eval()
+
+    def idle_parameters(self, batch: int) -> List[nn.Parameter]:
+        """The fusion blocks of the stages without feedback on the next step: the first step of a run
+        (and a batch larger than the previous one). See `_zero_anchor`."""
+        if not (self.training and self.cfg.afp and self.cfg.feedback == "prev"):
+            return []
+        return [p for b in self._idle_blocks(self._feedback(batch, None, None)) for p in b.fusion_parameters()]
+
+    def _idle_blocks(self, feedback) -> List[PromptBlock]:
+        return [self.prompts[str(s)] for s in self.cfg.afp_stages if feedback.get(s) is None]
+
+    def _zero_anchor(self, feedback) -> Optional[torch.Tensor]:
+        """-0.0 computed from one entry of every fusion parameter that sits out this step: they take
+        part in the graph with a zero gradient, so DDP needs no unused-parameter search, and -0.0 is
+        the exact additive identity (every loss keeps its bits). The loop then clears their gradients
+        (`idle_parameters`). None when every block has feedback."""
+        params = [p for b in self._idle_blocks(feedback) for p in b.fusion_parameters()] if self.training else []
+        if not params:
+            return None
+        return -(0.0 * sum(p.reshape(-1)[0] for p in params)).abs()
 
     def _feedback(self, batch: int, aligned, t_feats) -> Dict[int, torch.Tensor]:
         if self.cfg.feedback == "none":

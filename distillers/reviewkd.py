@@ -84,8 +84,8 @@ class ReviewKD(Distiller):
         for s in self.order:
             out, residual = self.abfs[str(s)](feats[s - 1], residual)
             feat = feat + hcl_loss(out, to_map(t_feats[s - 1], t_specs[s - 1]))
-        ramp = self.warmup(cfg.warmup_fraction * self.epochs)
-        losses = {"gt": self.gt_loss(logits, labels), "hcl": ramp * cfg.feat_weight * feat}
+        ramp = self.warmup(cfg.warmup_fraction * self.epochs, cfg.feat_weight)
+        losses = {"gt": self.gt_loss(logits, labels), "hcl": ramp * feat}
         if cfg.kd_weight:
             losses["kd"] = cfg.kd_weight * kd_loss(logits, t_logits, cfg.temperature)
         return DistillOutput(logits, losses)

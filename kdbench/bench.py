@@ -7,7 +7,8 @@ import torch
 
 from .config import apply_overrides, compile_flag, load_preset, parse_overrides
 from .data import dataset_geometry
-from .engine import autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, train_step
+from .engine import (autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory,
+                     train_step)
 from .errors import UsageError
 from .grid import expand_runs, resolve_pairs
 from .models import create_feature_model
@@ -25,10 +26,7 @@ def bench(args) -> List[Dict]:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if getattr(args, "data", False):
         return _bench_data(args)
-    names = [n.strip() for n in args.distillers.split(",") if n.strip()]
-    names = DISTILLERS.names() if names == ["all"] else list(dict.fromkeys(names))
-    for n in names:
-        DISTILLERS.get(n)
+    names = DISTILLERS.parse(args.distillers)
     preset = load_preset(args.preset)
     pairs = resolve_pairs(args.pair, preset)
     overrides = parse_overrides(args.overrides)
@@ -37,7 +35,7 @@ def bench(args) -> List[Dict]:
     timed = args.steps > 0
     measured = names + (["kd"] if timed and "kd" not in names else [])   # kd: the ratio's reference
     runs = expand_runs(preset, pairs, measured, [0], data=data, teacher_cfg=teacher_cfg, overrides=overrides,
-                       compile_=compile_flag(overrides))
+                       compile_=compile_flag(overrides), device=resolve_device(args.device))
     device = resolve_device(args.device)
     num_classes, in_chans = dataset_geometry(data)
     rows, teachers = [], {}
@@ -52,10 +50,11 @@ def bench(args) -> List[Dict]:
                "distiller": run.distiller, "preset": preset.name, "device": str(device),
                "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,
                "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
-               "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None, "compile": run.compile}
+               "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None, "compile": run.compile,
+               "precision": run.precision}
         if timed:
             forward = torch.compile(distiller) if run.compile else distiller
-            row.update(_time_steps(distiller, forward, run.recipe, row["batch_size"], num_classes, in_chans,
+            row.update(_time_steps(distiller, forward, run, row["batch_size"], num_classes, in_chans,
                                    data.img_size, args.steps, args.warmup, device))
         rows.append(row)
         del distiller
@@ -66,23 +65,23 @@ def bench(args) -> List[Dict]:
     return [r for r in rows if r["distiller"] in names]
 
 
-def _time_steps(distiller, forward, recipe, batch_size, num_classes, in_chans, img_size, steps, warmup,
+def _time_steps(distiller, forward, run, batch_size, num_classes, in_chans, img_size, steps, warmup,
                 device) -> Dict:
     """Steady state: `warmup` steps (timed apart: torch.compile's cost shows there), then `steps`
     timed ones on a fixed batch."""
     g = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(device)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    recipe = run.recipe
     optimizer = build_optimizer(param_groups(distiller, recipe.weight_decay), recipe, device)
     params = [p for p in distiller.parameters() if p.requires_grad]
-    autocast = autocast_for(recipe, device)
+    autocast = autocast_for(run.precision, device)
     distiller.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     def step():
         _, loss = train_step(forward, optimizer, images, labels, params=params, clip_grad=recipe.clip_grad,
-                             autocast=autocast)
+                             autocast=autocast, idle=distiller.idle_parameters(batch_size))
         return loss
 
     start = time.perf_counter()

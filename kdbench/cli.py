@@ -59,12 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--workers", type=int, default=1,
                      help="local executor: processes sharing the grid, each with 1/N of the CPU threads")
+    run.add_argument("--dry-run", action="store_true",
+                     help="build every cell at full scale, train a few steps, project the recipe's cost; "
+                          "records under <out>/dry-run/, never in a leaderboard")
+    run.add_argument("--dry-steps", type=int, default=2, help="--dry-run: training steps per cell")
 
     teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
     common(teach)
 
     from .report import add_parser as add_leaderboard
     add_leaderboard(sub)
+
+    plan = sub.add_parser("plan", help="a grid's cells with training FLOPs and projected GPU-hours, before it runs")
+    plan.add_argument("--distiller", default="all", help="NAME[,NAME..] | all")
+    plan.add_argument("--pairs", default="all", help="all | SET | T:S[,T:S..]")
+    plan.add_argument("--preset", default="paper")
+    plan.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the preset's")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--plugin", action="append", default=[])
+    plan.add_argument("--gpus", default=None, help="GPU classes to project onto (default: all known)")
+    plan.add_argument("--utilisation", type=float, default=None,
+                      help="fraction of the bf16 peak reached (default: gpu_check.sh's measurement, else assumed)")
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json-out", default=None, metavar="FILE.json", help="also write the plan as JSON")
 
     viz = sub.add_parser("viz", help="pictures of what a trained distiller learned")
     viz.add_argument("what", choices=["attention"], help="attention: PAT's region-attention map")
@@ -93,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: List[str] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach, "bench": cmd_bench,
+        return {"list": cmd_list, "run": cmd_run, "teach": cmd_teach, "bench": cmd_bench, "plan": cmd_plan,
                 "leaderboard": cmd_leaderboard, "viz": cmd_viz}[args.command](args)
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
@@ -174,26 +191,25 @@ class Plan:
         self.out = Path(args.out)
         self.seeds = parse_seeds(args.seeds) if getattr(args, "seeds", None) else list(range(self.preset.seeds))
         self.runs = expand_runs(self.preset, self.pairs, distillers, self.seeds, data=self.data,
-                                teacher_cfg=self.teacher_cfg, overrides=overrides, compile_=compile_)
+                                teacher_cfg=self.teacher_cfg, overrides=overrides, compile_=compile_,
+                                device=self.device)
         self.teachers = list(dict.fromkeys(p.scaled(self.preset)[0] for p in self.pairs))
 
 
 def cmd_run(args) -> int:
     from .registry import DISTILLERS
-    names = [n.strip() for n in args.distiller.split(",") if n.strip()]
-    if names == ["all"]:
-        names = DISTILLERS.names()
-    for n in names:
-        DISTILLERS.get(n)
+    names = DISTILLERS.parse(args.distiller)
     from . import distributed
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.dry_run:
+        return _dry_run(args, names)
     if args.workers > 1:
         if args.fresh or args.executor == "ray" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError("--workers > 1 runs the local executor in one process per worker; it cannot be "
                              "combined with --fresh, --executor ray or torchrun")
         from .workers import execute_workers
-        plan = Plan(args, list(dict.fromkeys(names)))          # validated here, before any worker starts
+        plan = Plan(args, names)          # validated here, before any worker starts
         status = execute_workers(args, log)
         print_leaderboard(plan)
         return status
@@ -201,19 +217,27 @@ def cmd_run(args) -> int:
         if args.fresh:
             raise UsageError("--fresh cannot be combined with --executor ray; clear the cells locally first")
         from .ray_executor import execute_ray
-        plan = Plan(args, list(dict.fromkeys(names)))          # validated here, before any task starts
+        plan = Plan(args, names)          # validated here, before any task starts
         status = execute_ray(plan, args, log)
         print_leaderboard(plan)
         return status
     distributed.init_from_env(args.device)
     try:
-        plan = Plan(args, list(dict.fromkeys(names)))
+        plan = Plan(args, names)
         status = execute(plan, fresh=args.fresh)
         if distributed.info().is_main:
             print_leaderboard(plan)
         return status
     finally:
         distributed.shutdown()
+
+
+def _dry_run(args, names: List[str]) -> int:
+    from .dry_run import execute_dry_run
+    if args.workers > 1 or args.executor == "ray" or args.fresh or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--dry-run measures one process on this device; it cannot be combined with --workers, "
+                         "--executor ray, --fresh or torchrun")
+    return execute_dry_run(Plan(args, names), args.dry_steps, log)
 
 
 def print_leaderboard(plan: "Plan"):
@@ -223,6 +247,11 @@ def print_leaderboard(plan: "Plan"):
         emit(render(collect(plan.out, plan.preset.name), "md"))
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
         log(f"kdbench: no leaderboard ({exc})")
+
+
+def cmd_plan(args) -> int:
+    from .plan import cmd_plan as plan
+    return plan(args)
 
 
 def cmd_viz(args) -> int:
@@ -241,12 +270,28 @@ def cmd_teach(args) -> int:
     distributed.init_from_env(args.device)
     try:
         plan = Plan(args, [])
-        for teacher in plan.teachers:
-            get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
-                        log=log, verify=True)
+        manifests = [get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
+                                 log=log, verify=True)[1] for teacher in plan.teachers]
+        if distributed.info().is_main:
+            print(teacher_table(manifests))
         return 0
     finally:
         distributed.shutdown()
+
+
+def teacher_table(manifests: List[dict]) -> str:
+    """`kdbench teach`'s summary: each teacher's top-1 beside the published one, warnings loud."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    lines = [f"{'teacher':34s} {'top-1':>6s} {'published':>10s} {'gap':>6s}  weights"]
+    for m in manifests:
+        pub = f"{m['published_top1']:.2f} {m['published_src']}" if m.get("published_top1") is not None else "-"
+        lines.append(f"{m['architecture']:34s} {num(m.get('top1'), '6.2f')} {pub:>10s} "
+                     f"{num(m.get('published_gap'), '+6.2f')}  {m.get('weights', 'trained by kdbench')}")
+    warnings = [m for m in manifests if m.get("warning")]
+    for m in warnings:
+        lines.append(f"WARNING: {m['architecture']}: {m['warning']}")
+    return "\n".join(lines)
 
 
 def cmd_bench(args) -> int:

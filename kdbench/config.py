@@ -16,6 +16,7 @@ from .errors import UsageError, unknown_choice
 from .models.zoo import member_definition
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class RecipeConfig:
     ema_decay: float = 0.0           # student EMA; 0 = off
     mixup: float = 0.0               # Beta alpha; 0 = off
     cutmix: float = 0.0
-    amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True                 # bf16 autocast on CUDA devices with bf16 (the run's `precision`)
     channels_last: bool = True       # for families that profit (resnet, mobilenetv2)
     eval_batch_size: int = 1024      # on CUDA; CPUs evaluate in batches of at most 128 (faster)
 
@@ -56,6 +57,14 @@ class RecipeConfig:
         _check(0 <= self.label_smoothing < 1, "recipe.label_smoothing", self.label_smoothing, "in [0, 1)")
         _check(0 <= self.ema_decay < 1, "recipe.ema_decay", self.ema_decay, "in [0, 1)")
 
+    def precision_on(self, device) -> str:
+        """The arithmetic of a run on `device`: bf16 autocast where the recipe asks for AMP and the
+        device supports it (CUDA), else fp32. It is part of the run's configuration (and hash)."""
+        import torch
+        if self.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+
 
 @dataclass
 class TeacherConfig:
@@ -68,6 +77,7 @@ class TeacherConfig:
     seed: int = 0
     train_limit: Optional[int] = None        # teachers may see more data than students (None = same)
     min_top1: float = 0.0                    # refuse to distil from a weaker teacher
+    use_ema: bool = False                    # checkpoints: EMA weights when present (OFA's --use-ema-teacher)
     cnn: RecipeConfig = field(default_factory=RecipeConfig)
     vit_mlp: RecipeConfig = field(default_factory=RecipeConfig)
 
@@ -103,12 +113,18 @@ class RunConfig:
     data: DataConfig
     teacher_config: TeacherConfig
     compile: bool = False
+    precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | bf16 (autocast)
+    deterministic: bool = False  # deterministic CUDA kernels, no cuDNN autotuning (no effect on a CPU)
+
+    def __post_init__(self):
+        _check(self.precision in PRECISIONS, "precision", self.precision, " or ".join(PRECISIONS))
 
     def to_dict(self) -> dict:
         d = {"preset": self.preset, "teacher": self.teacher, "student": self.student, "seed": self.seed,
              "distiller": {"name": self.distiller, **dataclasses.asdict(self.distiller_config)},
              "recipe": dataclasses.asdict(self.recipe), "data": dataclasses.asdict(self.data),
-             "teacher_config": dataclasses.asdict(self.teacher_config), "compile": self.compile}
+             "teacher_config": dataclasses.asdict(self.teacher_config), "compile": self.compile,
+             "precision": self.precision, "deterministic": self.deterministic}
         d["models"] = {"teacher": member_definition(self.teacher), "student": member_definition(self.student)}
         d["data"].pop("root")          # where the data lives does not change the result
         d["data"].pop("workers")
@@ -211,7 +227,7 @@ def coerce(value, tp, key: str):
 
 
 # -- --set overrides ----------------------------------------------------------------------
-SECTIONS = ("distiller", "recipe", "data", "teacher", "compile")
+SECTIONS = ("distiller", "recipe", "data", "teacher", "compile", "deterministic")
 
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:
@@ -228,12 +244,17 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
     return out
 
 
-def compile_flag(overrides: Dict[str, object]) -> bool:
-    """`--set compile=true|false` (default false): wrap the training forward in torch.compile."""
-    value = overrides.get("compile", False)
+def run_flag(overrides: Dict[str, object], name: str) -> bool:
+    """A top-level boolean `--set NAME=true|false` (default false): `compile` wraps the training forward
+    in torch.compile; `deterministic` asks for deterministic CUDA kernels (engine.configure_backends)."""
+    value = overrides.get(name, False)
     if not isinstance(value, bool):
-        raise UsageError(f"bad value {value!r} for compile: must be true or false")
+        raise UsageError(f"bad value {value!r} for {name}: must be true or false")
     return value
+
+
+def compile_flag(overrides: Dict[str, object]) -> bool:
+    return run_flag(overrides, "compile")
 
 
 def _scalar(text: str):

@@ -75,6 +75,19 @@ def dataset_geometry(cfg: "DataConfig") -> tuple:
     return _GEOMETRY[cfg.dataset]
 
 
+_SIZES = {"fashion-mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000),
+          "imagenet": (1281167, 50000)}
+
+
+def dataset_sizes(cfg: "DataConfig") -> tuple:
+    """(train, test) image counts of the full dataset with the config's limits, without reading it:
+    what a cost projection assumes even where only small stand-in files are present."""
+    _check_name(cfg.dataset)
+    train, test = ((cfg.synthetic_train, cfg.synthetic_test) if cfg.dataset == "synthetic" else _SIZES[cfg.dataset])
+    return (min(train, cfg.train_limit) if cfg.train_limit else train,
+            min(test, cfg.test_limit) if cfg.test_limit else test)
+
+
 @dataclass
 class DataConfig:
     """What data to use and how to augment it (the `data.` section of a run configuration)."""

@@ -8,6 +8,7 @@ checkpoints, metrics and progress. The recipe's `batch_size` is the global batch
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,21 @@ class DistInfo:
 
 SINGLE = DistInfo()
 _INFO = SINGLE
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "KDBENCH_DIST_TIMEOUT_S", 2 * 3600
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait: 2 h, or KDBENCH_DIST_TIMEOUT_S seconds. Long, because rank 0
+    may wait for a teacher lock held by another job while the other ranks wait in a broadcast, and
+    NCCL's default (10 min) would kill the group."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise UsageError(f"{TIMEOUT_ENV}={text!r}: must be a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def init_from_env(device_name: str) -> DistInfo:
@@ -45,7 +61,7 @@ def init_from_env(device_name: str) -> DistInfo:
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
     _INFO = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return _INFO
 

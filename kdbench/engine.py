@@ -24,6 +24,7 @@ from .registry import DISTILLERS
 from .results import PROTOCOL, SCHEMA, atomic_torch_save, atomic_write_bytes, versions
 
 CHECKPOINT = "checkpoint.pt"
+STOP_CHECK_EVERY = 25                         # DDP: training steps between the collectives that agree on a stop
 
 
 class NonFiniteLoss(RuntimeError):
@@ -67,10 +68,31 @@ def param_groups(distiller, weight_decay: float):
 
 
 def build_optimizer(groups, r: RecipeConfig, device: torch.device):
+    """SGD or AdamW as the recipe says: fused kernels on CUDA (SGD's since torch 2.3), foreach on CPU."""
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if r.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov and r.momentum > 0, **fast)
     return torch.optim.AdamW(groups, lr=r.lr, **fast)
+
+
+def configure_backends(deterministic: bool):
+    """Process-wide torch.backends settings, set by every Trainer (on a CPU only `deterministic` counts).
+
+    TF32 for fp32 matmuls and convolutions on Ampere+ GPUs: timm's train.py sets it for matmuls; OFA and
+    PAT (timm 0.6.5 on torch 1.10 / 1.13) had it by torch's defaults for convolutions (1.10: matmuls
+    too), their matmuls running in fp16 AMP. cuDNN autotuning unless `deterministic`: kernels chosen by
+    timing may differ between runs. `deterministic`: deterministic kernels where torch has them, a
+    warning where it has none (CUDA backward of adaptive average pooling, as in HCL, SE blocks and CNN
+    heads, and of bilinear interpolation; NLL loss), and cuBLAS's fixed workspace. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when it starts: export it if the process ran a CUDA matmul before.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 class StudentEMA:
@@ -115,10 +137,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def peak_memory_mb(device) -> float:
+def reset_peak_memory(device: torch.device):
+    """Start a new peak-memory measurement (per run, per benchmark row): CUDA's allocator peak, or on
+    Linux CPUs the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:          # not Linux: the peak stays the process's since its start
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last `reset_peak_memory`: CUDA allocated bytes, or the CPU process's RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size: int,
@@ -139,20 +180,25 @@ def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size
     return distiller
 
 
-def autocast_for(r: RecipeConfig, device: torch.device):
-    """bf16 autocast on CUDA devices that support it when the recipe asks for AMP; else a no-op."""
-    if r.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(precision: str, device: torch.device):
+    """A context factory for `precision` on `device`: training and every evaluation of a run use the
+    same one, so a teacher verified later reproduces the top-1 its manifest recorded."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext
 
 
-def train_step(forward, optimizer, images, targets, *, params, clip_grad: float, autocast):
-    """One optimisation step; returns the distiller output and the (on-device) total loss."""
+def train_step(forward, optimizer, images, targets, *, params, clip_grad: float, autocast, idle=()):
+    """One optimisation step; returns the distiller output and the (on-device) total loss. `idle`:
+    parameters this step used with a zero weight only (`Distiller.idle_parameters`); their gradients
+    are cleared before clipping and the update, as if they had sat the step out."""
     with autocast():
         out = forward(images, targets)
     loss = sum(out.losses.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for p in idle:
+        p.grad = None
     if clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(params, clip_grad)
     optimizer.step()
@@ -169,6 +215,7 @@ class Trainer:
         self.run, self.run_dir, self.device = run, Path(run_dir), device
         self.should_stop, self.on_epoch = should_stop, on_epoch
         self.teacher_top1, self.log, self.label = teacher_top1, log, label
+        configure_backends(run.deterministic)      # before any CUDA work of this run
         r = run.recipe
         self.dist = distributed.info()
         self.train_loader, self.eval_loader, self.info = build_loaders(
@@ -183,7 +230,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = r.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(r.warmup_epochs * self.steps_per_epoch))
-        self.autocast = autocast_for(r, device)
+        self.autocast = autocast_for(run.precision, device)
         self.forward = self.distiller
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -193,6 +240,7 @@ class Trainer:
         if run.compile:
             self.forward = torch.compile(self.forward)
         self.epoch, self.step, self.history = 0, 0, []
+        reset_peak_memory(device)
         self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
         self.partial = None          # progress inside an epoch, from a checkpoint saved on a stop request
 
@@ -255,7 +303,8 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             out, loss = train_step(self.forward, self.optimizer, images, targets, params=params,
-                                   clip_grad=r.clip_grad, autocast=self.autocast)
+                                   clip_grad=r.clip_grad, autocast=self.autocast,
+                                   idle=d.idle_parameters(images.shape[0]))
             if self.ema is not None:
                 self.ema.update(d.student.model)
             for k, v in out.losses.items():     # accumulated on device: no host sync per step
@@ -266,7 +315,7 @@ class Trainer:
             done += 1
             n += images.shape[0]
             bar.update()
-            if self._stop_agreed() and done < self.steps_per_epoch:
+            if self._stop_agreed(done) and done < self.steps_per_epoch:
                 bar.close()
                 self.train_time += time.perf_counter() - start
                 self.save_checkpoint(self.wall_before + time.perf_counter() - self._t0, partial={
@@ -289,8 +338,13 @@ class Trainer:
                                 f"non-finite terms over the epoch: {', '.join(bad) or 'total'}")
         return losses, lr, n / max(time.perf_counter() - start, 1e-9)
 
-    def _stop_agreed(self) -> bool:
-        """A stop request, agreed by every rank (one tiny all-reduce per step under DDP)."""
+    def _stop_agreed(self, batches_done: Optional[int] = None) -> bool:
+        """A stop request, agreed by every rank. One process checks at every call (it is free). Under
+        DDP a check is an all-reduce and a host sync: inside an epoch (`batches_done` batches in) only
+        every STOP_CHECK_EVERY steps, and at the end of an epoch (no argument) always."""
+        if self.dist.active and batches_done is not None and (
+                batches_done % STOP_CHECK_EVERY or batches_done >= self.steps_per_epoch):
+            return False
         return distributed.any_rank(self.should_stop(), self.device)
 
     def fit(self) -> dict:

@@ -7,10 +7,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List
 
+import torch
 import yaml
 
-from .config import Preset, RunConfig, apply_overrides, build
+from .config import Preset, RunConfig, apply_overrides, build, run_flag
 from .errors import UsageError, unknown_choice
+
+_CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,10 @@ def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, 
 
 
 def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds: List[int], *, data, teacher_cfg,
-                overrides: Dict[str, object], compile_: bool = False) -> List[RunConfig]:
+                overrides: Dict[str, object], compile_: bool = False, device=None) -> List[RunConfig]:
     """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
-    per-method defaults, then the `--set` overrides (validated here, before anything runs)."""
+    per-method defaults, then the `--set` overrides (validated here, before anything runs). The
+    runs' precision is the recipe's on `device` (default: the CPU)."""
     from .teachers import model_kind
     configs = {name: distiller_config(name, preset, overrides, distillers) for name in distillers}
     runs = []
@@ -108,7 +112,9 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
         for name in distillers:
             runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed, distiller=name,
                                   distiller_config=configs[name], recipe=recipe, data=data,
-                                  teacher_config=teacher_cfg, compile=compile_) for seed in seeds)
+                                  teacher_config=teacher_cfg, compile=compile_,
+                                  precision=recipe.precision_on(device or _CPU),
+                                  deterministic=run_flag(overrides, "deterministic")) for seed in seeds)
     return runs
 
 

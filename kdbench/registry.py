@@ -2,7 +2,7 @@
 
 import importlib
 from importlib import metadata
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 from .errors import UsageError, unknown_choice
 
@@ -52,6 +52,14 @@ class Registry:
     def __contains__(self, name):
         self._load()
         return name in self._items
+
+    def parse(self, spec: str) -> List[str]:
+        """'a,b' or 'all' -> the named items, each checked, duplicates dropped, in the given order."""
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        names = self.names() if names == ["all"] else list(dict.fromkeys(names))
+        for n in names:
+            self.get(n)
+        return names
 
 
 def load_plugin(module: str):

@@ -1,9 +1,11 @@
 """Teacher zoo: train (small presets) or load (paper presets), cache with a manifest, verify."""
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Tuple
@@ -12,9 +14,10 @@ import timm
 import torch
 
 from . import distributed
+from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .data import DataConfig, build_loaders
-from .engine import Trainer, evaluate
+from .engine import Trainer, autocast_for, evaluate
 from .errors import UsageError
 from .models import FeatureModel, create_feature_model, create_model, family_of
 from .models.families import recipe_kind
@@ -32,13 +35,16 @@ def model_kind(name: str, img_size: int) -> str:
     return recipe_kind(family_of(create_model(name, num_classes=10, in_chans=3, img_size=img_size)))
 
 
-def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig) -> RunConfig:
-    """The RunConfig that trains `teacher` from scratch (the `vanilla` method)."""
+def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig,
+                device: torch.device) -> RunConfig:
+    """The RunConfig that trains `teacher` from scratch (the `vanilla` method) on `device`; its
+    precision is also the one every evaluation of the teacher uses."""
     recipe: RecipeConfig = getattr(tcfg, model_kind(teacher, data.img_size))
     if tcfg.train_limit is not None:
         data = dataclasses.replace(data, train_limit=tcfg.train_limit)
     return RunConfig(preset=preset.name, teacher=teacher, student=teacher, seed=tcfg.seed, distiller="vanilla",
-                     distiller_config=TaskConfig(), recipe=recipe, data=data, teacher_config=tcfg)
+                     distiller_config=TaskConfig(), recipe=recipe, data=data, teacher_config=tcfg,
+                     precision=recipe.precision_on(device))
 
 
 def teacher_dir(out: Path, preset: str, teacher: str) -> Path:
@@ -65,9 +71,15 @@ def teacher_in_use(out: Path, preset: str, teacher: str) -> bool:
 
 def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig, *, out: Path,
                 device: torch.device, log: Callable[[str], None], verify: bool = False,
-                should_stop: Callable[[], bool] = lambda: False) -> Tuple[FeatureModel, dict]:
+                should_stop: Callable[[], bool] = lambda: False, dry_run: bool = False) -> Tuple[FeatureModel, dict]:
     """A frozen, eval-mode teacher and its manifest; trains (and caches) it when needed. The
-    teacher's directory is locked meanwhile: another process wanting it waits, then reuses it."""
+    teacher's directory is locked meanwhile: another process wanting it waits, then reuses it.
+
+    `dry_run`: train, evaluate and write nothing; a released checkpoint is still loaded strictly, a
+    teacher not trained yet is a freshly initialised one (manifest top1 None, with a note)."""
+    if dry_run or tcfg.source == "checkpoint":     # reading needs no lock; _load_released locks to write
+        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, log=log, verify=False,
+                            should_stop=should_stop, dry_run=dry_run)
     main = distributed.info().is_main
     lock = RunLock(teacher_dir(out, preset.name, teacher))
     if main:       # under torchrun, rank 0 holds the lock; the other ranks follow its decisions
@@ -79,21 +91,25 @@ def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
         lock.release()
 
 
-def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, should_stop):
+def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, should_stop, dry_run=False):
     if tcfg.source == "checkpoint":
-        return _load_released(preset, teacher, data, tcfg, out=out, device=device, log=log)
-    run = teacher_run(preset, teacher, data, tcfg)
+        return _load_released(preset, teacher, data, tcfg, out=out, device=device, log=log, dry_run=dry_run)
+    run = teacher_run(preset, teacher, data, tcfg, device)
     tdir = teacher_dir(out, preset.name, teacher)
     main = distributed.info().is_main
     manifest = _read_manifest(tdir) if main else None
     manifest, reason = distributed.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
+    if dry_run and reason is not None:
+        _, _, info = _loaders(run, device)
+        fm = _fresh_model(teacher, info, device).eval().requires_grad_(False)
+        return fm, {"architecture": teacher, "top1": None, "note": f"freshly initialised ({reason}; dry run)"}
     if reason is None:
         _, eval_loader, info = _loaders(run, device)
         fm = _fresh_model(teacher, info, device)
         fm.model.load_state_dict(torch.load(tdir / WEIGHTS, map_location=device, weights_only=True))
         fm.eval().requires_grad_(False)
         if verify:
-            top1 = evaluate(fm.logits, eval_loader, device, torch.no_grad)["top1"]
+            top1 = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))["top1"]
             if abs(top1 - manifest["top1"]) > 0.05:
                 raise UsageError(f"teacher {tdir / WEIGHTS} evaluates to {top1:.2f}% but its manifest says "
                                  f"{manifest['top1']:.2f}%; delete {tdir} to retrain it")
@@ -117,7 +133,7 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, shoul
                 "recipe": run.to_dict(), "timm_version": timm.__version__, "torch_version": torch.__version__,
                 "sha256": sha256_file(tdir / WEIGHTS), "file": WEIGHTS, "epochs": record["epochs"],
                 "wall_s": record["wall_s"], "train_img_per_s": record["train_img_per_s"],
-                "params": record["student_params"]}
+                "params": record["student_params"], "precision": run.precision}
     atomic_write_json(tdir / MANIFEST, manifest)
     distributed.broadcast(manifest)
     log(f"teacher {teacher}: top-1 {manifest['top1']:.2f}% in {manifest['wall_s']:.0f}s")
@@ -153,8 +169,12 @@ def _check_floor(top1: float, tcfg: TeacherConfig, path: Path):
                          f"refusing to distil from it")
 
 
-def _load_released(preset, teacher, data, tcfg, *, out, device, log):
-    """Load a released teacher checkpoint (e.g. OFA's CIFAR-100 teachers), strictly."""
+PUBLISHED_TOLERANCE = 1.0   # top-1 points between a released teacher and its paper before a warning
+
+
+def _load_released(preset, teacher, data, tcfg, *, out, device, log, dry_run=False):
+    """Load a released teacher checkpoint (e.g. OFA's CIFAR-100 teachers) strictly, evaluate it once
+    per file (sha256) and compare it with the published teacher accuracy."""
     root = tcfg.checkpoint_dir or os.environ.get("KDBENCH_TEACHERS")
     if not root:
         raise UsageError(f"preset '{preset.name}' loads teachers from checkpoints: pass "
@@ -162,41 +182,85 @@ def _load_released(preset, teacher, data, tcfg, *, out, device, log):
     paper = {v: k for k, v in preset.models.items()}.get(teacher, teacher)
     path = Path(root) / tcfg.files.get(paper, tcfg.file_pattern.format(model=paper))
     if not path.is_file():
-        raise UsageError(f"teacher checkpoint {path} not found (expected for {paper})")
-    run = teacher_run(preset, teacher, data, dataclasses.replace(tcfg, source="checkpoint"))
+        raise UsageError(f"teacher checkpoint {path} not found (expected for {paper}; "
+                         f"README.md, 'Paper preset', lists the files)")
+    run = teacher_run(preset, teacher, data, dataclasses.replace(tcfg, source="checkpoint"), device)
+    state, weights = read_weights(path, use_ema=tcfg.use_ema)
     _, eval_loader, info = _loaders(run, device)
     fm = _fresh_model(teacher, info, device)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
-    except Exception as exc:
-        raise UsageError(f"teacher checkpoint {path} is unreadable: {exc.__class__.__name__}") from exc
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    filter_fn = getattr(__import__(type(fm.model).__module__, fromlist=["_"]), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state = filter_fn(state, fm.model)
-    try:
-        fm.model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(f"teacher checkpoint {path} does not fit {teacher} with {info.num_classes} classes: "
-                         f"{first}") from exc
+    _load_strict(fm, state, path, teacher, info.num_classes)
     fm.eval().requires_grad_(False)
     digest = sha256_file(path)
     tdir = teacher_dir(out, preset.name, teacher)
+
+    def fresh(manifest):
+        return manifest is not None and manifest.get("sha256") == digest and manifest.get("recipe_hash") == run.hash()
+
     manifest = _read_manifest(tdir)
-    if manifest is None or manifest.get("sha256") != digest or manifest.get("recipe_hash") != run.hash():
-        log(f"teacher {teacher}: evaluating {path}")
-        metrics = evaluate(fm.logits, eval_loader, device, torch.no_grad)
-        manifest = {"architecture": teacher, "dataset": info.name, "num_classes": info.num_classes,
-                    **metrics, "recipe_hash": run.hash(), "timm_version": timm.__version__,
-                    "torch_version": torch.__version__, "sha256": digest, "file": str(path)}
-        atomic_write_json(tdir / MANIFEST, manifest)
+    if not fresh(manifest) and dry_run:    # a dry run proves the file loads; `kdbench teach` evaluates it
+        return fm, {"architecture": teacher, "file": str(path), "weights": weights, "top1": None,
+                    "note": "loaded, not evaluated (dry run)"}
+    if not fresh(manifest):
+        with _main_rank_lock(tdir, teacher, log):
+            manifest = _read_manifest(tdir)           # another process may have evaluated it meanwhile
+            if not fresh(manifest):
+                manifest = _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log)
+                if distributed.info().is_main:
+                    atomic_write_json(tdir / MANIFEST, manifest)
+    if manifest.get("warning"):
+        log(f"WARNING: teacher {teacher}: {manifest['warning']}")
     _check_floor(manifest["top1"], tcfg, path)
     return fm, manifest
+
+
+@contextlib.contextmanager
+def _main_rank_lock(tdir: Path, teacher: str, log):
+    """The teacher directory's lock, held by rank 0 (the other ranks follow its decisions)."""
+    lock = RunLock(tdir)
+    if distributed.info().is_main:
+        lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log) -> dict:
+    """The manifest of a released teacher: its top-1/top-5 in the run's precision, beside the paper's."""
+    log(f"teacher {run.teacher}: evaluating {path} ({weights} weights, {run.precision})")
+    device = next(fm.parameters()).device
+    metrics = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))
+    return {"architecture": run.teacher, "dataset": info.name, "num_classes": info.num_classes,
+            **metrics, "recipe_hash": run.hash(), "timm_version": timm.__version__,
+            "torch_version": torch.__version__, "sha256": digest, "file": str(path), "weights": weights,
+            "precision": run.precision, **published_check(info.name, paper, run.teacher, metrics["top1"])}
+
+
+def _load_strict(fm: FeatureModel, state, path: Path, teacher: str, num_classes: int):
+    """Load `state` into the teacher strictly, after its timm module's key conversion (old timm and
+    official-release layouts, e.g. FB ConvNeXt, timm 0.6 Swin)."""
+    filter_fn = getattr(sys.modules[type(fm.model).__module__], "checkpoint_filter_fn", None)
+    try:
+        if filter_fn is not None:
+            state = filter_fn(state, fm.model)
+        fm.model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"teacher checkpoint {path} does not fit {teacher} with {num_classes} classes: "
+                         f"{first}") from None
+
+
+def published_check(dataset: str, paper: str, model: str, top1: float) -> dict:
+    """The published top-1 of a released teacher (benchmarks/published.yaml) and a warning when the
+    measured one is more than PUBLISHED_TOLERANCE points away. Empty for models no paper reports."""
+    from .report import published_data
+    entry = published_data().get(dataset, {}).get("teachers", {}).get(paper)
+    if entry is None or model != paper:
+        return {}
+    gap = round(top1 - entry["top1"], 2)
+    warning = None
+    if abs(gap) > PUBLISHED_TOLERANCE:
+        warning = (f"top-1 {top1:.2f}% is {abs(gap):.2f} points {'below' if gap < 0 else 'above'} the published "
+                   f"{entry['top1']:.2f}% ({entry['src']}); check the file, the data and teacher.use_ema before "
+                   f"distilling from it")
+    return {"published_top1": entry["top1"], "published_src": entry["src"], "published_gap": gap, "warning": warning}

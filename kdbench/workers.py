@@ -23,10 +23,13 @@ def cpu_count() -> int:
 
 
 def worker_env(k: int, workers: int, gpus: int) -> dict:
+    """Worker k's environment: its share of the CPU threads and, with a GPU per worker, the k-th of
+    the visible GPUs (the k-th entry of an existing CUDA_VISIBLE_DEVICES mask, which `gpus` counts)."""
     env = {**os.environ, "KDBENCH_WORKER": str(k)}
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // workers)))
     if gpus >= workers:
-        env["CUDA_VISIBLE_DEVICES"] = str(k)
+        mask = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = mask[k] if k < len(mask) else str(k)
     return env
 
 

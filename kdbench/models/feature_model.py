@@ -38,6 +38,31 @@ class StageSpec:
 StageTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
+class _HookState:
+    """What the stage-input pre-hooks read. The hooks close over this, never over the FeatureModel:
+    a hook on a submodule of `self.model` that refers back to its FeatureModel makes a reference
+    cycle, and a finished model (its GPU memory) then waits for the cyclic garbage collector."""
+
+    def __init__(self, hook_layout: str):
+        self.hook_layout = hook_layout
+        self.transforms: Dict[int, StageTransform] = {}
+
+
+def _stage_pre_hook(state: _HookState, stage: int):
+    def hook(module, args):
+        fn = state.transforms.get(stage)
+        if fn is None:
+            return None
+        x = args[0]
+        if state.hook_layout == "nhwc":
+            b, h, w, c = x.shape
+            y = fn(x.reshape(b, h * w, c)).reshape(b, h, w, c)
+        else:
+            y = fn(x)
+        return (y,) + tuple(args[1:])
+    return hook
+
+
 class FeatureModel(nn.Module):
     """Wraps a timm model: `forward(x) -> (logits, [f1, f2, f3, f4])`.
 
@@ -54,10 +79,10 @@ class FeatureModel(nn.Module):
         self.img_size, self.in_chans = img_size, in_chans
         self.indices, self.stage_module_names = stage_layout(self.family, model)
         self._fi_kwargs = dict(self.family.intermediate_kwargs)
-        self._transforms: Dict[int, StageTransform] = {}
+        self._stage_hooks = _HookState(self.family.hook_layout)
         self._specs = None
         for i, name in enumerate(self.stage_module_names):
-            self.model.get_submodule(name).register_forward_pre_hook(self._make_pre_hook(i))
+            self.model.get_submodule(name).register_forward_pre_hook(_stage_pre_hook(self._stage_hooks, i))
 
     def clone(self) -> "FeatureModel":
         """An independent copy (weights, buffers, modes) with its own stage-input hooks. (A plain
@@ -97,25 +122,11 @@ class FeatureModel(nn.Module):
         A transform sees the input in the canonical layout (NCHW maps, or (B, L, C) tokens with
         prefix tokens first) and must return the same shape. Nothing is transformed outside.
         """
-        previous, self._transforms = self._transforms, dict(transforms)
+        previous, self._stage_hooks.transforms = self._stage_hooks.transforms, dict(transforms)
         try:
             yield self
         finally:
-            self._transforms = previous
-
-    def _make_pre_hook(self, stage: int):
-        def hook(module, args):
-            fn = self._transforms.get(stage)
-            if fn is None:
-                return None
-            x = args[0]
-            if self.family.hook_layout == "nhwc":
-                b, h, w, c = x.shape
-                y = fn(x.reshape(b, h * w, c)).reshape(b, h, w, c)
-            else:
-                y = fn(x)
-            return (y,) + tuple(args[1:])
-        return hook
+            self._stage_hooks.transforms = previous
 
     # -- shapes --------------------------------------------------------------------------
     @property
@@ -144,14 +155,14 @@ class FeatureModel(nn.Module):
         handles = [self.model.get_submodule(n).register_forward_pre_hook(record(i))
                    for i, n in enumerate(self.stage_module_names)]
         modes = {m: m.training for m in self.model.modules()}
-        transforms, self._transforms = self._transforms, {}
+        transforms, self._stage_hooks.transforms = self._stage_hooks.transforms, {}
         self.model.eval()
         try:
             with torch.no_grad():
                 _, feats = self.forward(x)
                 maps = self.model.forward_intermediates(x, indices=list(self.indices), intermediates_only=True)
         finally:
-            self._transforms = transforms
+            self._stage_hooks.transforms = transforms
             for m, mode in modes.items():
                 m.training = mode
             for h in handles:
