@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from kdbench.models import FeatureModel
+from kdbench.validators import check
 
 
 @dataclass
@@ -23,8 +24,8 @@ class TaskConfig:
 
 def check_stages(stages, name="stages"):
     """Config validation shared by the feature distillers: a non-empty set of stages 1-4."""
-    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
-        raise ValueError(f"{name} must be distinct stage numbers among 1, 2, 3, 4, got {list(stages)}")
+    ok = stages and all(s in (1, 2, 3, 4) for s in stages) and len(set(stages)) == len(stages)
+    check(ok, f"distiller.{name}", list(stages), "distinct stage numbers among 1, 2, 3, 4")
 
 
 class DistillOutput(NamedTuple):

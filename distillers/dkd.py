@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from kdbench.registry import register_distiller
+from kdbench.validators import non_negative, positive
 
 from .base import Distiller, DistillOutput, TaskConfig
 from .losses import dkd_loss
@@ -20,10 +21,8 @@ class DKDConfig(TaskConfig):
     warmup_epochs: float = 0.0     # the loss weight ramps linearly over these epochs (0: off)
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        positive("distiller.temperature", self.temperature)
+        non_negative("distiller.warmup_epochs", self.warmup_epochs)
 
 
 @register_distiller("dkd")

@@ -7,6 +7,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from kdbench.registry import register_distiller
+from kdbench.validators import positive
 
 from .adapters import StageAligner, to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
@@ -25,8 +26,7 @@ class FitNetConfig(TaskConfig):
 
     def __post_init__(self):
         check_stages(self.stages)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        positive("distiller.temperature", self.temperature)
 
 
 @register_distiller("fitnet")

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from kdbench.registry import register_distiller
+from kdbench.validators import positive
 
 from .base import Distiller, DistillOutput, TaskConfig
 from .losses import kd_loss
@@ -17,8 +18,7 @@ class KDConfig(TaskConfig):
     temperature: float = 1.0
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        positive("distiller.temperature", self.temperature)
 
 
 @register_distiller("kd")

@@ -9,6 +9,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from kdbench.registry import register_distiller
+from kdbench.validators import at_least, check, positive
 
 from .adapters import PatchMerging, init_weights, map_to_tokens, merges_to, split_prefix
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
@@ -33,13 +34,10 @@ class OFAConfig(TaskConfig):
 
     def __post_init__(self):
         check_stages(self.stages)
-        if len(self.eps) not in (1, len(self.stages) + 1):
-            raise ValueError(f"eps needs 1 or {len(self.stages) + 1} values (one per stage, then the logits), "
-                             f"got {len(self.eps)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.final_grid < 1:
-            raise ValueError(f"final_grid must be >= 1, got {self.final_grid}")
+        check(len(self.eps) in (1, len(self.stages) + 1), "distiller.eps", list(self.eps),
+              f"1 or {len(self.stages) + 1} values (one per stage, then the logits)")
+        positive("distiller.temperature", self.temperature)
+        at_least("distiller.final_grid", self.final_grid, 1)
 
     def eps_of(self, k: int) -> float:
         """eps of branch k (0-based), or of the logits for k == len(stages)."""
@@ -115,7 +113,7 @@ class OFA(Distiller):
 
     def __init__(self, student, teacher, cfg, *, num_classes, **kw):
         super().__init__(student, teacher, cfg, num_classes=num_classes, **kw)
-        width = max(student.model.num_features, teacher.model.num_features)
+        width = max(student.num_features, teacher.num_features)
         specs = student.stage_specs
         self.branches = nn.ModuleDict()
         for s in cfg.stages:
@@ -123,7 +121,7 @@ class OFA(Distiller):
             if spec.layout == "map":
                 branch = MapBranch(spec, s, width, num_classes)
             else:
-                branch = TokenBranch(spec, s, student.model.num_features, num_classes, cfg.final_grid,
+                branch = TokenBranch(spec, s, student.num_features, num_classes, cfg.final_grid,
                                      cfg.branch_heads)
             branch.apply(init_weights)
             self.branches[str(s)] = branch

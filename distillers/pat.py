@@ -19,10 +19,12 @@ from torch import nn
 
 from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
+from kdbench.validators import at_least, check, one_of, positive, subset_of
 
 from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import hcl_loss, kd_loss
+from .pat_prompts import FeedbackState, PromptBlock, SameConv2d, SEBlock  # noqa: F401 (all re-exported)
 
 FAITHFUL_ITEMS = {
     "token_permute": "PromptBlock returns token maps by a plain reshape, without the inverse permute (§3.6.1)",
@@ -56,17 +58,14 @@ class PATConfig(TaskConfig):
     def __post_init__(self):
         check_stages(self.afp_stages, "afp_stages")
         p = math.isqrt(max(self.num_queries // 4, 0))
-        if self.num_queries < 4 or self.num_queries % 4 or p * p != self.num_queries // 4:
-            raise ValueError(f"num_queries must be 4 x a square (16, 36, 64, 144, ...), got {self.num_queries}")
-        if self.dim < 1 or self.heads < 1 or self.dim % self.heads:
-            raise ValueError(f"dim must be a positive multiple of heads, got dim={self.dim}, heads={self.heads}")
-        if self.feedback not in FEEDBACK:
-            raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)}, got '{self.feedback}'")
-        unknown = set(self.faithful_items) - set(FAITHFUL_ITEMS)
-        if unknown:
-            raise ValueError(f"unknown faithful_items {sorted(unknown)}; valid: {', '.join(FAITHFUL_ITEMS)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check(self.num_queries >= 4 and self.num_queries % 4 == 0 and p * p == self.num_queries // 4,
+              "distiller.num_queries", self.num_queries, "4 x a square (16, 36, 64, 144, ...)")
+        at_least("distiller.heads", self.heads, 1)
+        check(self.dim >= 1 and self.dim % self.heads == 0, "distiller.dim", self.dim,
+              f"a positive multiple of heads ({self.heads})")
+        one_of("distiller.feedback", self.feedback, FEEDBACK)
+        subset_of("distiller.faithful_items", self.faithful_items, FAITHFUL_ITEMS)
+        positive("distiller.temperature", self.temperature)
 
     @property
     def items(self) -> frozenset:
@@ -190,103 +189,6 @@ class RegionToStage(nn.Module):
             return self.proj(self.norm(m))
         x = self.norm(self.channel(self.pos_norm(tokens)).transpose(1, 2))      # (B, D_t, p^2)
         return self.mix(x).reshape(x.shape[0], x.shape[1], *grid)
-
-
-# -- Adaptive Feedback Prompts --------------------------------------------------------------
-class SEBlock(nn.Module):
-    """Squeeze-and-excitation, r = 16. Corrected: x * gate. Official: the gate alone (§3.6.3)."""
-
-    def __init__(self, c: int, gate_only: bool):
-        super().__init__()
-        self.gate_only = gate_only
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, max(c // 16, 1), 1), nn.ReLU(),
-                                nn.Conv2d(max(c // 16, 1), c, 1), nn.Sigmoid())
-
-    def forward(self, x):
-        gate = self.fc(x)
-        return gate if self.gate_only else x * gate
-
-
-class SameConv2d(nn.Conv2d):
-    """A stride-1 'same'-padded conv that skips the kernel taps which only ever meet zero padding
-    (maps smaller than the kernel, e.g. a 5x5 conv on the 1x1 or 2x2 maps of late teacher stages):
-    the same output and gradients for much less work."""
-
-    def forward(self, x):
-        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
-        eh, ew = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
-        if (eh, ew) == (kh, kw):
-            return super().forward(x)
-        oh, ow = (kh - eh) // 2, (kw - ew) // 2
-        weight = self.weight[:, :, oh:oh + eh, ow:ow + ew]
-        return F.conv2d(x, weight, self.bias, 1, (eh // 2, ew // 2), 1, self.groups)
-
-
-class PromptBlock(nn.Module):
-    """x + beta * PB(u), u = FB([x, aligned feedback]) (or x without feedback); beta starts at 0,
-    so a fresh block leaves the teacher unchanged (§3.3). Works on NCHW maps."""
-
-    def __init__(self, stage_in: StageSpec, stage_out: StageSpec, gate_only: bool, with_feedback: bool):
-        super().__init__()
-        c, co = stage_in.channels, stage_out.channels
-        g = math.gcd(4, c)
-
-        def conv(i, o, k=1, groups=1):
-            return SameConv2d(i, o, k, padding=k // 2, groups=groups)
-
-        self.fb_align = None
-        if with_feedback and (co, tuple(stage_out.grid)) != (c, tuple(stage_in.grid)):
-            self.in_grid = tuple(stage_in.grid)
-            self.fb_align = nn.Sequential(nn.BatchNorm2d(co), nn.Conv2d(co, c, 1, bias=False))
-        self.fuse = nn.Sequential(conv(2 * c, c), conv(c, c, 5), conv(c, c), SEBlock(c, gate_only), conv(c, c)) \
-            if with_feedback else None
-        self.prompt = nn.Sequential(conv(c, c, groups=g), conv(c, c, 5, groups=c), conv(c, c), SEBlock(c, gate_only),
-                                    conv(c, c, groups=g))
-        self.beta = nn.Parameter(torch.zeros(1))
-
-    def fusion_parameters(self) -> List[nn.Parameter]:
-        """The parameters that only a step with feedback uses (fusion and feedback alignment)."""
-        return [p for m in (self.fuse, self.fb_align) if m is not None for p in m.parameters()]
-
-    def forward(self, x, feedback=None):
-        u = x
-        if feedback is not None and self.fuse is not None:
-            if self.fb_align is not None:
-                feedback = self.fb_align(F.interpolate(feedback, size=self.in_grid, mode="nearest"))
-            u = self.fuse(torch.cat([x, feedback.to(x.dtype)], dim=1))
-        return x + (self.beta * self.prompt(u)).to(x.dtype)      # bf16 stays bf16 (beta is fp32)
-
-
-class FeedbackState(nn.Module):
-    """Per-stage feedback (student aligned - prompted teacher target, detached) from the previous
-    step, kept in the checkpoint through `get_extra_state` so a resumed run continues exactly.
-
-    `stepped` is the last epoch whose first training step has run: a tensor, which a compiled
-    forward updates without guarding on its value (an int would recompile every epoch). The
-    checkpoint keeps it as the int `stepped_epoch`, as before."""
-
-    def __init__(self):
-        super().__init__()
-        self.maps: Dict[int, torch.Tensor] = {}
-        self.register_buffer("stepped", torch.full((), -1, dtype=torch.long), persistent=False)
-        self.host_stepped = -1          # a host copy, kept by the official-order path only (no sync per step)
-
-    @property
-    def stepped_epoch(self) -> int:
-        return int(self.stepped)        # a device sync: for checkpoints, never per step
-
-    @stepped_epoch.setter
-    def stepped_epoch(self, epoch: int):
-        self.stepped.fill_(epoch)
-        self.host_stepped = epoch
-
-    def get_extra_state(self):
-        return {"maps": {str(k): v for k, v in self.maps.items()}, "stepped_epoch": self.stepped_epoch}
-
-    def set_extra_state(self, state):
-        state = state or {}
-        self.maps = {int(k): v for k, v in state.get("maps", {}).items()}
-        self.stepped_epoch = int(state.get("stepped_epoch", -1))
 
 
 # -- the distiller --------------------------------------------------------------------------

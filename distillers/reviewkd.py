@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.registry import register_distiller
+from kdbench.validators import at_least, in_range, positive
 
 from .adapters import MapAligner, to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
@@ -31,12 +32,9 @@ class ReviewKDConfig(TaskConfig):
 
     def __post_init__(self):
         check_stages(self.stages)
-        if self.mid_channels < 1:
-            raise ValueError(f"mid_channels must be >= 1, got {self.mid_channels}")
-        if not 0 <= self.warmup_fraction <= 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        at_least("distiller.mid_channels", self.mid_channels, 1)
+        in_range("distiller.warmup_fraction", self.warmup_fraction, 0, 1)
+        positive("distiller.temperature", self.temperature)
 
 
 class ABF(nn.Module):

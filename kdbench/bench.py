@@ -5,19 +5,17 @@ from typing import Dict, List
 
 import torch
 
-from .config import apply_overrides, compile_flag, load_preset, parse_overrides
 from .data import dataset_geometry
 from .engine import (autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory,
                      train_step)
 from .errors import UsageError
-from .grid import expand_runs, resolve_pairs
 from .models import create_feature_model
 from .registry import DISTILLERS, load_plugin
 
 
 def bench(args) -> List[Dict]:
     """One row per (pair, distiller). `steps=0` counts parameters only (nothing is trained)."""
-    from .engine import resolve_device
+    from .executors import Plan
     for module in args.plugin:
         load_plugin(module)
     if args.steps < 0 or args.warmup < 0:
@@ -27,16 +25,11 @@ def bench(args) -> List[Dict]:
     if getattr(args, "data", False):
         return _bench_data(args)
     names = DISTILLERS.parse(args.distillers)
-    preset = load_preset(args.preset)
-    pairs = resolve_pairs(args.pair, preset)
-    overrides = parse_overrides(args.overrides)
-    data = apply_overrides(preset.data, overrides, "data")
-    teacher_cfg = apply_overrides(preset.teacher, overrides, "teacher")
     timed = args.steps > 0
     measured = names + (["kd"] if timed and "kd" not in names else [])   # kd: the ratio's reference
-    runs = expand_runs(preset, pairs, measured, [0], data=data, teacher_cfg=teacher_cfg, overrides=overrides,
-                       compile_=compile_flag(overrides), device=resolve_device(args.device))
-    device = resolve_device(args.device)
+    plan = Plan.build(preset=args.preset, pairs=args.pair, distillers=measured, seeds="0,",
+                      overrides=args.overrides, device=args.device, need_data=False)
+    preset, data, runs, device = plan.preset, plan.data, plan.runs, plan.device
     num_classes, in_chans = dataset_geometry(data)
     rows, teachers = [], {}
     for run in runs:
@@ -120,12 +113,8 @@ def format_rows(rows: List[Dict]) -> str:
 
 def _bench_data(args) -> List[Dict]:
     from .bench_data import bench_data
-    from .data import resolve_root
-    from .engine import resolve_device
-    preset = load_preset(args.preset)
-    overrides = parse_overrides(args.overrides)
-    data = apply_overrides(preset.data, overrides, "data")
-    resolve_root(data.dataset, data.root)
-    batch = args.batch_size or preset.cnn.batch_size
-    return bench_data(data, batch_size=batch, batches=max(args.steps, 1), device=resolve_device(args.device),
+    from .executors import Plan
+    plan = Plan.build(preset=args.preset, pairs="all", distillers=[], overrides=args.overrides, device=args.device)
+    batch = args.batch_size or plan.preset.cnn.batch_size
+    return bench_data(plan.data, batch_size=batch, batches=max(args.steps, 1), device=plan.device,
                       workers=args.workers)

@@ -1,27 +1,16 @@
 """`kdbench` command line (contract: DESIGN.md §6)."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import signal
 import sys
-import time
-import traceback
-from collections import deque
-from pathlib import Path
 from typing import List
 
 from . import __version__
+from .context import LOCAL, RunContext
 from .errors import UsageError
-
-
-def log(msg: str):
-    from .distributed import info
-    if info().is_main:          # under torchrun, rank 0 speaks for all
-        worker = os.environ.get("KDBENCH_WORKER")         # kdbench run --workers N
-        print(f"[worker {worker}] {msg}" if worker else msg, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +105,7 @@ def main(argv: List[str] = None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        log("kdbench: interrupted; rerun the same command to resume")
+        LOCAL.log("kdbench: interrupted; rerun the same command to resume")
         return 130
 
 
@@ -166,87 +155,62 @@ def _emit(rows, as_json, fmt):
 
 
 # -- run / teach ---------------------------------------------------------------------------
-class Plan:
-    """A validated grid: everything is checked before anything is written."""
-
-    def __init__(self, args, distillers: List[str]):
-        from .config import apply_overrides, compile_flag, load_preset, parse_overrides
-        from .data import resolve_root
-        from .engine import resolve_device
-        from .grid import expand_runs, parse_seeds, resolve_pairs
-        from .registry import load_plugin
-        for module in args.plugin:
-            load_plugin(module)
-        self.preset = load_preset(args.preset)
-        self.pairs = resolve_pairs(args.pairs, self.preset)
-        overrides = parse_overrides(args.overrides)
-        self.data = apply_overrides(self.preset.data, overrides, "data")
-        if args.data_root is not None:
-            self.data = dataclasses.replace(self.data, root=args.data_root)
-        resolve_root(self.data.dataset, self.data.root)       # missing data: fail now, write nothing
-        self.teacher_cfg = apply_overrides(self.preset.teacher, overrides, "teacher")
-        compile_ = compile_flag(overrides)
-        from .distributed import device_for
-        self.device = device_for(resolve_device(args.device))
-        self.out = Path(args.out)
-        self.seeds = parse_seeds(args.seeds) if getattr(args, "seeds", None) else list(range(self.preset.seeds))
-        self.runs = expand_runs(self.preset, self.pairs, distillers, self.seeds, data=self.data,
-                                teacher_cfg=self.teacher_cfg, overrides=overrides, compile_=compile_,
-                                device=self.device)
-        self.teachers = list(dict.fromkeys(p.scaled(self.preset)[0] for p in self.pairs))
-
-
 def cmd_run(args) -> int:
+    from .executors import LocalExecutor, Plan, RayExecutor, WorkersExecutor
     from .registry import DISTILLERS
     names = DISTILLERS.parse(args.distiller)
-    from . import distributed
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.dry_run:
-        return _dry_run(args, names)
-    if args.workers > 1:
-        if args.fresh or args.executor == "ray" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UsageError("--workers > 1 runs the local executor in one process per worker; it cannot be "
-                             "combined with --fresh, --executor ray or torchrun")
-        from .workers import execute_workers
-        plan = Plan(args, names)          # validated here, before any worker starts
-        status = execute_workers(args, log)
-        print_leaderboard(plan)
+        if args.workers > 1 or args.executor == "ray" or args.fresh or torchrun:
+            raise UsageError("--dry-run measures one process on this device; it cannot be combined with --workers, "
+                             "--executor ray, --fresh or torchrun")
+        from .dry_run import execute_dry_run
+        return execute_dry_run(Plan.from_args(args, names), args.dry_steps)
+    if args.workers > 1 and (args.fresh or args.executor == "ray" or torchrun):
+        raise UsageError("--workers > 1 runs the local executor in one process per worker; it cannot be "
+                         "combined with --fresh, --executor ray or torchrun")
+    if args.executor == "ray" and args.fresh:
+        raise UsageError("--fresh cannot be combined with --executor ray; clear the cells locally first")
+    with _context(args.device) as context:
+        plan = Plan.from_args(args, names, context.dist)     # validated before any cell starts
+        executor = (WorkersExecutor(args.workers, context) if args.workers > 1
+                    else RayExecutor(args.ray_address, context) if args.executor == "ray"
+                    else LocalExecutor(context))
+        status = executor.run(plan)
+        if context.dist.is_main:
+            print_leaderboard(plan, context)
         return status
-    if args.executor == "ray":
-        if args.fresh:
-            raise UsageError("--fresh cannot be combined with --executor ray; clear the cells locally first")
-        from .ray_executor import execute_ray
-        plan = Plan(args, names)          # validated here, before any task starts
-        status = execute_ray(plan, args, log)
-        print_leaderboard(plan)
-        return status
-    distributed.init_from_env(args.device)
+
+
+def cmd_teach(args) -> int:
+    from .executors import LocalExecutor, Plan
+    from .teachers import teacher_table
+    with _context(args.device) as context:
+        manifests = LocalExecutor(context).teach(Plan.from_args(args, [], context.dist))
+        if context.dist.is_main:
+            print(teacher_table(manifests))
+        return 0
+
+
+@contextlib.contextmanager
+def _context(device: str):
+    """This process's run context: under torchrun, joined to its process group for the block."""
+    from . import distributed
     try:
-        plan = Plan(args, names)
-        status = execute(plan, fresh=args.fresh)
-        if distributed.info().is_main:
-            print_leaderboard(plan)
-        return status
+        yield RunContext(dist=distributed.init_from_env(device))
     finally:
         distributed.shutdown()
 
 
-def _dry_run(args, names: List[str]) -> int:
-    from .dry_run import execute_dry_run
-    if args.workers > 1 or args.executor == "ray" or args.fresh or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--dry-run measures one process on this device; it cannot be combined with --workers, "
-                         "--executor ray, --fresh or torchrun")
-    return execute_dry_run(Plan(args, names), args.dry_steps, log)
-
-
-def print_leaderboard(plan: "Plan"):
+def print_leaderboard(plan, context: RunContext = LOCAL):
     """The grid ends with the leaderboard of its preset (every record under --out, not only this grid's)."""
     from .report import collect, emit, render
     try:
         emit(render(collect(plan.out, plan.preset.name), "md"))
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
-        log(f"kdbench: no leaderboard ({exc})")
+        context.log(f"kdbench: no leaderboard ({exc})")
 
 
 def cmd_plan(args) -> int:
@@ -264,36 +228,6 @@ def cmd_leaderboard(args) -> int:
     return leaderboard(args)
 
 
-def cmd_teach(args) -> int:
-    from . import distributed
-    from .teachers import get_teacher
-    distributed.init_from_env(args.device)
-    try:
-        plan = Plan(args, [])
-        manifests = [get_teacher(plan.preset, teacher, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
-                                 log=log, verify=True)[1] for teacher in plan.teachers]
-        if distributed.info().is_main:
-            print(teacher_table(manifests))
-        return 0
-    finally:
-        distributed.shutdown()
-
-
-def teacher_table(manifests: List[dict]) -> str:
-    """`kdbench teach`'s summary: each teacher's top-1 beside the published one, warnings loud."""
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-    lines = [f"{'teacher':34s} {'top-1':>6s} {'published':>10s} {'gap':>6s}  weights"]
-    for m in manifests:
-        pub = f"{m['published_top1']:.2f} {m['published_src']}" if m.get("published_top1") is not None else "-"
-        lines.append(f"{m['architecture']:34s} {num(m.get('top1'), '6.2f')} {pub:>10s} "
-                     f"{num(m.get('published_gap'), '+6.2f')}  {m.get('weights', 'trained by kdbench')}")
-    warnings = [m for m in manifests if m.get("warning")]
-    for m in warnings:
-        lines.append(f"WARNING: {m['architecture']}: {m['warning']}")
-    return "\n".join(lines)
-
-
 def cmd_bench(args) -> int:
     from .bench import bench, format_rows
     rows = bench(args)
@@ -303,159 +237,3 @@ def cmd_bench(args) -> int:
     else:
         print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
-
-
-def execute(plan: Plan, fresh: bool = False) -> int:
-    """Run the plan's missing cells, teacher by teacher. SIGINT/SIGTERM finish the current step,
-    save a checkpoint and stop (exit 130/143); a rerun resumes. Cells that another kdbench
-    process holds (a lock in the run directory) are left to it."""
-    from .engine import Interrupted
-    from .grid import run_dir
-    from .locks import RunLock
-    from .registry import DISTILLERS
-    from .results import atomic_write_json, read_record
-    from .teachers import teacher_in_use
-    from . import distributed
-    main = distributed.info().is_main
-    todo, skipped, error = [], 0, None
-    for i, run in enumerate(plan.runs):
-        rdir = run_dir(plan.out, run.preset, run.teacher, run.student, run.distiller, run.seed)
-        rec = None if fresh or not main else read_record(rdir)
-        if rec is not None and rec.get("status") == "done":
-            if rec.get("config_hash") != run.hash():
-                error = error or (f"{rdir}/result.json was produced with a different configuration (hash "
-                                  f"{rec.get('config_hash')} != {run.hash()}); use --fresh or another --out")
-            skipped += 1
-            continue
-        todo.append(i)
-    todo, skipped, error = distributed.broadcast((todo, skipped, error))     # rank 0 read the records
-    if error:
-        raise UsageError(error)
-    todo = [(plan.runs[i], run_dir(plan.out, plan.runs[i].preset, plan.runs[i].teacher, plan.runs[i].student,
-                                   plan.runs[i].distiller, plan.runs[i].seed)) for i in todo]
-    log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
-    # Order: by teacher, so each teacher is trained (or loaded) once and then reused. A cell whose
-    # teacher another process is training right now waits its turn behind the other teachers' cells.
-    order = {t: i for i, t in enumerate(plan.teachers)}
-    queue = deque(sorted(todo, key=lambda x: order[x[0].teacher]))
-    teachers, failed, busy, k, deferred, t0 = {}, 0, 0, 0, 0, time.perf_counter()
-    total = len(queue)
-    with StopOnSignal() as stop:
-        while queue:
-            run, rdir = queue.popleft()
-            needs_teacher = DISTILLERS.get(run.distiller).requires_teacher and run.teacher not in teachers
-            if deferred < len(queue) and needs_teacher and distributed.broadcast(
-                    main and teacher_in_use(plan.out, plan.preset.name, run.teacher)):
-                queue.append((run, rdir))
-                deferred += 1
-                continue
-            deferred, k = 0, k + 1
-            label = f"[{k}/{total}] {run.distiller} {run.teacher}->{run.student} seed{run.seed}"
-            if distributed.any_rank(stop(), plan.device):
-                log(f"kdbench: {stop.name} received; stopped before {label}; rerun the same command to go on")
-                return 128 + (stop.signum or signal.SIGTERM)
-            lock = RunLock(rdir)
-            if not distributed.broadcast(lock.try_acquire() if main else None):
-                busy += 1
-                log(f"{label}: running in another process ({lock.owner()}); skipped")
-                continue
-            try:
-                if fresh and main:
-                    _clear_run_dir(rdir)
-                done = main and not fresh and (rec := read_record(rdir)) is not None and rec.get("status") == "done"
-                if distributed.broadcast(done):
-                    continue                           # finished by another process meanwhile
-                distributed.barrier()
-                log(label)
-                try:
-                    teacher, manifest = None, None
-                    if DISTILLERS.get(run.distiller).requires_teacher:
-                        if run.teacher not in teachers:
-                            teachers = {run.teacher: _teacher(plan, run.teacher, stop)}   # keep one in memory
-                        teacher, manifest = teachers[run.teacher]
-                        if isinstance(teacher, Exception):
-                            raise teacher
-                    record = _train(run, rdir, plan, teacher, manifest, label, stop, lock)
-                except (UsageError, KeyboardInterrupt, Interrupted):
-                    raise
-                except Exception as exc:  # one failed run never stops the grid
-                    failed += 1
-                    record = _failed_record(run, exc)
-                    log(f"  FAILED: {record['error']}")
-                if main:
-                    atomic_write_json(rdir / "result.json", record)
-            except Interrupted as exc:
-                log(f"kdbench: {stop.name} received: {label} {exc}; rerun the same command to resume")
-                return 128 + (stop.signum or signal.SIGTERM)
-            finally:
-                lock.release()
-    log(f"kdbench: finished {total - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
-        + (f", {busy} left to other processes" if busy else "") + f"; records under {plan.out / plan.preset.name}")
-    return 1 if failed else 0
-
-
-def _clear_run_dir(rdir: Path):
-    """--fresh: remove a run's record, checkpoint and metrics (not the lock we hold)."""
-    for path in rdir.iterdir():
-        if path.name != ".lock":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-class StopOnSignal:
-    """Within the block, the first SIGINT/SIGTERM asks the running training to stop at the end of
-    its current step (it saves a checkpoint); a second one interrupts at once."""
-
-    def __init__(self):
-        self.signum, self._previous = None, {}
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log(f"kdbench: {self.name}: finishing the current step and saving a checkpoint (again to abort)")
-
-    def __enter__(self):
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _teacher(plan: Plan, name: str, stop):
-    from .engine import Interrupted
-    from .teachers import get_teacher
-    try:
-        return get_teacher(plan.preset, name, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device, log=log,
-                           should_stop=stop)
-    except (UsageError, Interrupted):
-        raise
-    except Exception as exc:
-        return exc, None
-
-
-def _train(run, rdir, plan, teacher, manifest, label, stop, lock):
-    from .engine import Trainer
-    trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
-                      teacher_top1=manifest["top1"] if manifest else None, log=log, label=label,
-                      should_stop=stop, on_epoch=lock.refresh)
-    return trainer.fit()
-
-
-def _failed_record(run, exc) -> dict:
-    from .results import SCHEMA
-    return {"schema": SCHEMA, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}",
-            "traceback": traceback.format_exc(limit=8), "distiller": run.distiller, "teacher": run.teacher,
-            "student": run.student, "preset": run.preset, "dataset": run.data.dataset, "seed": run.seed,
-            "config": run.to_dict(), "config_hash": run.hash()}

@@ -5,18 +5,20 @@ import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
 
+from .assets import asset
 from .data import DataConfig
-from .errors import UsageError, unknown_choice
+from .errors import UsageError, unknown_choice, user_error
 from .models.zoo import member_definition
+from .validators import at_least, in_range, is_hashed, non_negative, one_of, positive, unhashed
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("cosine", "step")
 
 
 @dataclass
@@ -46,16 +48,15 @@ class RecipeConfig:
     eval_batch_size: int = 1024      # on CUDA; CPUs evaluate in batches of at most 128 (faster)
 
     def __post_init__(self):
-        _check(self.epochs >= 1, "recipe.epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "recipe.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.eval_batch_size >= 1, "recipe.eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.optimizer in OPTIMIZERS, "recipe.optimizer", self.optimizer, " or ".join(OPTIMIZERS))
-        _check(self.schedule in ("cosine", "step"), "recipe.schedule", self.schedule, "cosine or step")
-        _check(self.lr > 0, "recipe.lr", self.lr, "> 0")
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+            at_least(f"recipe.{name}", getattr(self, name), 1)
+        one_of("recipe.optimizer", self.optimizer, OPTIMIZERS)
+        one_of("recipe.schedule", self.schedule, SCHEDULES)
+        positive("recipe.lr", self.lr)
         for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup", "cutmix"):
-            _check(getattr(self, name) >= 0, f"recipe.{name}", getattr(self, name), ">= 0")
-        _check(0 <= self.label_smoothing < 1, "recipe.label_smoothing", self.label_smoothing, "in [0, 1)")
-        _check(0 <= self.ema_decay < 1, "recipe.ema_decay", self.ema_decay, "in [0, 1)")
+            non_negative(f"recipe.{name}", getattr(self, name))
+        in_range("recipe.label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+        in_range("recipe.ema_decay", self.ema_decay, 0, 1, hi_open=True)
 
     def precision_on(self, device) -> str:
         """The arithmetic of a run on `device`: bf16 autocast where the recipe asks for AMP and the
@@ -71,7 +72,7 @@ class TeacherConfig:
     """Where teachers come from: trained by kdbench (cached) or loaded from checkpoints."""
 
     source: str = "train"                    # train | checkpoint
-    checkpoint_dir: Optional[str] = None     # for source=checkpoint ($KDBENCH_TEACHERS if unset)
+    checkpoint_dir: Optional[str] = unhashed(None)   # for source=checkpoint ($KDBENCH_TEACHERS if unset)
     file_pattern: str = "{model}_cifar100.pth"
     files: Dict[str, str] = field(default_factory=dict)   # paper model -> file, overrides the pattern
     seed: int = 0
@@ -82,7 +83,7 @@ class TeacherConfig:
     vit_mlp: RecipeConfig = field(default_factory=RecipeConfig)
 
     def __post_init__(self):
-        _check(self.source in ("train", "checkpoint"), "teacher.source", self.source, "train or checkpoint")
+        one_of("teacher.source", self.source, ("train", "checkpoint"))
 
 
 @dataclass
@@ -101,7 +102,9 @@ class Preset:
 
 @dataclass
 class RunConfig:
-    """Everything that determines one run; `to_dict()` is the record's `config`."""
+    """Everything that determines one run; `to_dict()` is the record's `config` and the input of its
+    hash: every field but those marked `unhashed` (where files live), recursively. `to_dict(full=True)`
+    keeps them too (to send a cell to another process); `from_dict` inverts either."""
 
     preset: str
     teacher: str                 # timm names at the preset's scale
@@ -117,19 +120,34 @@ class RunConfig:
     deterministic: bool = False  # deterministic CUDA kernels, no cuDNN autotuning (no effect on a CPU)
 
     def __post_init__(self):
-        _check(self.precision in PRECISIONS, "precision", self.precision, " or ".join(PRECISIONS))
+        one_of("precision", self.precision, PRECISIONS)
+        non_negative("seed", self.seed)
 
-    def to_dict(self) -> dict:
-        d = {"preset": self.preset, "teacher": self.teacher, "student": self.student, "seed": self.seed,
-             "distiller": {"name": self.distiller, **dataclasses.asdict(self.distiller_config)},
-             "recipe": dataclasses.asdict(self.recipe), "data": dataclasses.asdict(self.data),
-             "teacher_config": dataclasses.asdict(self.teacher_config), "compile": self.compile,
-             "precision": self.precision, "deterministic": self.deterministic}
+    def to_dict(self, full: bool = False) -> dict:
+        """The run as JSON-ready data: `distiller` holds the method's name and its config; `models`
+        (derived: the definitions of kdbench members) is recorded, never read back. Fields marked
+        `unhashed` are left out unless `full`."""
+        d = {}
+        for f in dataclasses.fields(self):
+            if f.name == "distiller_config" or not (full or is_hashed(f)):
+                continue
+            if f.name == "distiller":
+                d["distiller"] = {"name": self.distiller, **_plain(self.distiller_config, full)}
+            else:
+                d[f.name] = _plain(getattr(self, f.name), full)
         d["models"] = {"teacher": member_definition(self.teacher), "student": member_definition(self.student)}
-        d["data"].pop("root")          # where the data lives does not change the result
-        d["data"].pop("workers")
-        d["teacher_config"].pop("checkpoint_dir")
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """The inverse of `to_dict(full=True)`; from `to_dict()`, unhashed fields take their defaults
+        (the same hash). The distiller's config class comes from the registry."""
+        from .registry import DISTILLERS
+        raw = {k: v for k, v in d.items() if k != "models"}
+        method = dict(raw.pop("distiller"))
+        name = method.pop("name")
+        config = build(DISTILLERS.get(name).Config, method, f"distiller {name}")
+        return build(cls, {**raw, "distiller": name, "distiller_config": config}, "run config")
 
     def hash(self) -> str:
         return config_hash(self.to_dict())
@@ -139,14 +157,23 @@ def config_hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check(ok, key, value, valid):
-    if not ok:
-        raise UsageError(f"bad value {value!r} for {key}: must be {valid}")
+def _plain(value, full: bool):
+    """`dataclasses.asdict`, less the unhashed fields (recursively) unless `full`."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name), full) for f in dataclasses.fields(value)
+                if full or is_hashed(f)}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):      # a named tuple
+        return type(value)(*(_plain(v, full) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, full) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v, full) for k, v in value.items()}
+    return value
 
 
 # -- presets ------------------------------------------------------------------------------
 def preset_names() -> List[str]:
-    files = resources.files("benchmarks").joinpath("presets").iterdir()
+    files = asset("presets").iterdir()
     return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml"))
 
 
@@ -159,7 +186,7 @@ def load_preset(name: str) -> Preset:
             raise UsageError(f"cannot read preset file {name}: {exc.strerror if isinstance(exc, OSError) else exc}; "
                              f"built-in presets: {', '.join(preset_names())}") from None
     elif name in preset_names():
-        text = resources.files("benchmarks").joinpath("presets", f"{name}.yaml").read_text()
+        text = asset("presets", f"{name}.yaml").read_text()
     else:
         raise unknown_choice("preset", name, preset_names() + ["FILE.yaml"])
     try:
@@ -174,7 +201,8 @@ def load_preset(name: str) -> Preset:
 
 
 def build(cls, raw, where: str):
-    """Instantiate dataclass `cls` from a YAML mapping, recursively, with type checks."""
+    """Instantiate dataclass `cls` from a YAML mapping, recursively, with type checks; a bad value
+    (the config's ValueError) is the user's error."""
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -185,10 +213,8 @@ def build(cls, raw, where: str):
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise UsageError(f"{where}: {exc}") from exc
-    except ValueError as exc:
-        raise UsageError(f"{where}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise user_error(exc, where) from None
 
 
 def coerce(value, tp, key: str):
@@ -297,4 +323,4 @@ def _set_path(obj, parts, value, key):
     try:
         return dataclasses.replace(obj, **{parts[0]: new})
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"--set {key}: {exc}") from exc
+        raise user_error(exc, f"--set {key}", key) from None

@@ -18,6 +18,9 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun group (rank 0 of 1 without one). Passed down explicitly
+    (in a `RunContext`); every collective is a method, a no-op for one process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -30,9 +33,45 @@ class DistInfo:
     def active(self) -> bool:
         return self.world_size > 1
 
+    def device_for(self, device: torch.device) -> torch.device:
+        """This rank's device: cuda:LOCAL_RANK under torchrun on GPUs."""
+        if device.type == "cuda" and self.active:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def per_rank_batch(self, global_batch: int) -> int:
+        if global_batch % self.world_size:
+            raise UsageError(f"recipe.batch_size {global_batch} is not divisible by the world size "
+                             f"{self.world_size}; it is the global batch, split evenly over the ranks")
+        return global_batch // self.world_size
+
+    def broadcast(self, obj):
+        """Rank 0's value of `obj` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if it is true on some rank (stop requests, failures)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def all_reduce_(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self):
+        if self.active:
+            dist.barrier()
+
 
 SINGLE = DistInfo()
-_INFO = SINGLE
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "KDBENCH_DIST_TIMEOUT_S", 2 * 3600
 
 
@@ -51,8 +90,7 @@ def collective_timeout() -> timedelta:
 
 
 def init_from_env(device_name: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op without it)."""
-    global _INFO
+    """Join the process group torchrun describes in the environment (SINGLE without one)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
@@ -62,59 +100,10 @@ def init_from_env(device_name: str) -> DistInfo:
         if use_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
-    _INFO = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    return _INFO
-
-
-def info() -> DistInfo:
-    return _INFO
-
-
-def device_for(device: torch.device) -> torch.device:
-    """This rank's device: cuda:LOCAL_RANK under torchrun on GPUs."""
-    if device.type == "cuda" and _INFO.active:
-        return torch.device("cuda", _INFO.local_rank)
-    return device
-
-
-def per_rank_batch(global_batch: int) -> int:
-    if global_batch % _INFO.world_size:
-        raise UsageError(f"recipe.batch_size {global_batch} is not divisible by the world size "
-                         f"{_INFO.world_size}; it is the global batch, split evenly over the ranks")
-    return global_batch // _INFO.world_size
-
-
-def broadcast(obj):
-    """Rank 0's value of `obj` on every rank."""
-    if not _INFO.active:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on some rank (stop requests, failures)."""
-    if not _INFO.active:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
-    if _INFO.active:
-        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-    return tensor
-
-
-def barrier():
-    if _INFO.active:
-        dist.barrier()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def shutdown():
-    global _INFO
     if dist.is_initialized():
         dist.destroy_process_group()
-    _INFO = SINGLE
+

@@ -2,19 +2,20 @@
 and teachers, a few training steps and evaluation batches, and the cost of the full recipe projected.
 
 Dry-run records live under `<out>/dry-run/<preset>/<teacher>__<student>/<distiller>/dry.json`, apart
-from real records (no `seed<k>/result.json`), so no leaderboard ever reads them. Seeds of a cell cost
+from real run records (no `seed<k>/` directories), so no leaderboard ever reads them. Seeds of a cell cost
 the same: one is measured and the grid's projection multiplies by their number.
 """
 
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
+from .context import LOCAL, SILENT, RunContext
 from .data import dataset_sizes
-from .engine import Trainer, lr_at, peak_memory_mb, reset_peak_memory, train_step
+from .engine import Trainer, lr_at, peak_memory_mb, train_step
 from .errors import UsageError
 from .registry import DISTILLERS
 from .results import SCHEMA, atomic_write_json, versions
@@ -28,8 +29,9 @@ def dry_run_dir(out: Path, preset: str) -> Path:
     return Path(out) / DRY_DIR / preset
 
 
-def execute_dry_run(plan, steps: int, log: Callable[[str], None]) -> int:
+def execute_dry_run(plan, steps: int, context: RunContext = LOCAL) -> int:
     """Measure every (pair, distiller) cell of `plan`; print the table; 0 if every cell ran, else 1."""
+    log = context.log
     if steps < 1:
         raise UsageError(f"--dry-steps must be >= 1, got {steps}")
     cells = list({(r.teacher, r.student, r.distiller): r for r in plan.runs}.values())
@@ -44,9 +46,9 @@ def execute_dry_run(plan, steps: int, log: Callable[[str], None]) -> int:
             if DISTILLERS.get(run.distiller).requires_teacher:
                 if run.teacher not in teachers:
                     teachers = {run.teacher: get_teacher(plan.preset, run.teacher, plan.data, plan.teacher_cfg,
-                                                         out=plan.out, device=plan.device, log=log, dry_run=True)}
+                                                         out=plan.out, device=plan.device, context=context, dry_run=True)}
                 teacher, manifest = teachers[run.teacher]
-                note = manifest.get("note") or f"top-1 {manifest['top1']:.2f}% (cached)"
+                note = manifest.note or f"top-1 {manifest.top1:.2f}% (cached)"
             row = measure_cell(run, teacher, plan.device, steps, dry_run_dir(plan.out, run.preset) / "scratch")
             row.update(status="done", error=None, teacher_note=note)
         except UsageError:
@@ -75,7 +77,7 @@ def measure_cell(run, teacher, device: torch.device, steps: int, scratch: Path) 
     """Build the run exactly as `kdbench run` would (loaders, distiller, optimizer, EMA, compile,
     precision), train `steps` steps (the first one or two untimed, see `_steady`), evaluate
     EVAL_BATCHES batches, and project the full recipe from the full dataset's size."""
-    trainer = Trainer(run, scratch, device=device, teacher=teacher, log=lambda s: None)
+    trainer = Trainer(run, scratch, device=device, teacher=teacher, context=SILENT)
     d, r = trainer.distiller, run.recipe
     d.train()
     d.set_progress(0, r.epochs)

@@ -1,7 +1,6 @@
 """The one training loop shared by every distiller (and by teacher training)."""
 
 import copy
-import json
 import math
 import os
 import resource
@@ -15,15 +14,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import distributed
+from .context import LOCAL, RunContext
 from .config import RecipeConfig, RunConfig
 from .data import build_loaders
 from .errors import UsageError
 from .models import FeatureModel, create_feature_model
 from .registry import DISTILLERS
-from .results import PROTOCOL, SCHEMA, atomic_torch_save, atomic_write_bytes, versions
+from .results import CHECKPOINT, RunRecord, atomic_torch_save, write_metrics
 
-CHECKPOINT = "checkpoint.pt"
 STOP_CHECK_EVERY = 25                         # DDP: training steps between the collectives that agree on a stop
 
 
@@ -210,16 +208,16 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: Path, *, device: torch.device,
                  teacher: Optional[FeatureModel] = None, teacher_top1: Optional[float] = None,
-                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), label: str = "",
+                 context: RunContext = LOCAL, label: str = "",
                  should_stop: Callable[[], bool] = lambda: False, on_epoch: Callable[[], None] = lambda: None):
         self.run, self.run_dir, self.device = run, Path(run_dir), device
         self.should_stop, self.on_epoch = should_stop, on_epoch
-        self.teacher_top1, self.log, self.label = teacher_top1, log, label
+        self.teacher_top1, self.log, self.label, self.context = teacher_top1, context.log, label, context
         configure_backends(run.deterministic)      # before any CUDA work of this run
         r = run.recipe
-        self.dist = distributed.info()
+        self.dist = context.dist
         self.train_loader, self.eval_loader, self.info = build_loaders(
-            run.data, batch_size=distributed.per_rank_batch(r.batch_size), device=device, seed=run.seed,
+            run.data, batch_size=self.dist.per_rank_batch(r.batch_size), device=device, seed=run.seed,
             mixup=r.mixup, cutmix=r.cutmix, label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size,
             rank=self.dist.rank, world_size=self.dist.world_size)
         self.distiller = build_distiller(run, num_classes=self.info.num_classes, in_chans=self.info.in_chans,
@@ -294,7 +292,7 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"{self.label} epoch {self.epoch + 1}",
                    leave=False, disable=None, file=sys.stderr,    # shown on a terminal only
-                   position=int(os.environ.get("KDBENCH_WORKER", 0)))  # one line per --workers process
+                   position=self.context.progress_row)
         batches = self.train_loader.epoch(self.epoch)
         for _ in range(done):            # resuming inside the epoch: the same batches, already trained
             next(batches)
@@ -328,9 +326,9 @@ class Trainer:
         self.train_images += n
         if self.dist.active:      # mean over ranks for the log; a fault on any rank fails them all
             for v in sums.values():
-                distributed.all_reduce_(v)
+                self.dist.all_reduce_(v)
             sums = {k: v / self.dist.world_size for k, v in sums.items()}
-            distributed.all_reduce_(bad_step, torch.distributed.ReduceOp.MAX)
+            self.dist.all_reduce_(bad_step, torch.distributed.ReduceOp.MAX)
         losses = {k: v.item() / self.steps_per_epoch for k, v in sums.items()}
         if bad_step.item() >= 0:
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
@@ -345,9 +343,9 @@ class Trainer:
         if self.dist.active and batches_done is not None and (
                 batches_done % STOP_CHECK_EVERY or batches_done >= self.steps_per_epoch):
             return False
-        return distributed.any_rank(self.should_stop(), self.device)
+        return self.dist.any_rank(self.should_stop(), self.device)
 
-    def fit(self) -> dict:
+    def fit(self) -> RunRecord:
         t0 = self._t0 = time.perf_counter()
         if self.try_resume():
             within = f", batch {self.partial['batches']}" if self.partial else ""
@@ -375,28 +373,13 @@ class Trainer:
         return self.record(self.wall_before + time.perf_counter() - t0)
 
     def write_metrics(self):
-        if not self.dist.is_main:
-            return
-        text = "".join(json.dumps(row) + "\n" for row in self.history)
-        atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+        if self.dist.is_main:
+            write_metrics(self.run_dir, self.history)
 
-    def record(self, wall: float) -> dict:
-        last = self.history[-1]
-        best = max(self.history, key=lambda h: h["top1"])
-        run = self.run
-        return {
-            "schema": SCHEMA, "status": "done", "error": None,
-            "distiller": run.distiller, "teacher": run.teacher, "student": run.student,
-            "preset": run.preset, "dataset": self.info.name, "seed": run.seed,
-            "top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"], "best_epoch": best["epoch"],
-            "ema_top1": last.get("ema_top1"), "teacher_top1": self.teacher_top1,
-            "epochs": run.recipe.epochs, "wall_s": round(wall, 2),
-            "train_img_per_s": round(self.train_images / max(self.train_time, 1e-9), 1),
-            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
-            "student_params": self.distiller.num_student_params, "extra_params": self.distiller.num_extra_params,
-            "global_batch_size": run.recipe.batch_size, "world_size": self.dist.world_size,
-            "per_rank_batch_size": run.recipe.batch_size // self.dist.world_size, "lr": run.recipe.lr,
-            "num_train": self.info.num_train, "num_test": self.info.num_test,
-            "protocol": PROTOCOL, "config": run.to_dict(), "config_hash": run.hash(),
-            "versions": versions(self.device, self.dist.world_size),
-        }
+    def record(self, wall: float) -> RunRecord:
+        return RunRecord.done(
+            self.run, self.history, dataset=self.info.name, num_train=self.info.num_train,
+            num_test=self.info.num_test, teacher_top1=self.teacher_top1, wall_s=wall,
+            img_per_s=self.train_images / max(self.train_time, 1e-9), peak_mem_mb=peak_memory_mb(self.device),
+            student_params=self.distiller.num_student_params, extra_params=self.distiller.num_extra_params,
+            world_size=self.dist.world_size, device=self.device)

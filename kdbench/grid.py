@@ -3,15 +3,14 @@
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List
 
 import torch
-import yaml
 
+from .assets import read_yaml
 from .config import Preset, RunConfig, apply_overrides, build, run_flag
-from .errors import UsageError, unknown_choice
+from .errors import UsageError, unknown_choice, user_error
 
 _CPU = torch.device("cpu")
 
@@ -30,7 +29,7 @@ class Pair:
 
 @lru_cache(maxsize=None)
 def _pair_table() -> Dict[str, tuple]:
-    raw = yaml.safe_load(resources.files("benchmarks").joinpath("pairs.yaml").read_text())
+    raw = read_yaml("pairs.yaml")
     return {bench: tuple(Pair(*row) for row in rows) for bench, rows in raw.items()}
 
 
@@ -103,18 +102,22 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
     """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
     per-method defaults, then the `--set` overrides (validated here, before anything runs). The
     runs' precision is the recipe's on `device` (default: the CPU)."""
-    from .teachers import model_kind
+    from .models import recipe_kind_of
     configs = {name: distiller_config(name, preset, overrides, distillers) for name in distillers}
+    deterministic = run_flag(overrides, "deterministic")
     runs = []
     for pair in pairs:
         teacher, student = pair.scaled(preset)
-        recipe = apply_overrides(getattr(preset, model_kind(student, data.img_size)), overrides, "recipe")
+        recipe = apply_overrides(getattr(preset, recipe_kind_of(student, data.img_size)), overrides, "recipe")
         for name in distillers:
-            runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed, distiller=name,
-                                  distiller_config=configs[name], recipe=recipe, data=data,
-                                  teacher_config=teacher_cfg, compile=compile_,
-                                  precision=recipe.precision_on(device or _CPU),
-                                  deterministic=run_flag(overrides, "deterministic")) for seed in seeds)
+            try:
+                runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed,
+                                      distiller=name, distiller_config=configs[name], recipe=recipe, data=data,
+                                      teacher_config=teacher_cfg, compile=compile_,
+                                      precision=recipe.precision_on(device or _CPU),
+                                      deterministic=deterministic) for seed in seeds)
+            except ValueError as exc:
+                raise user_error(exc, "run") from None
     return runs
 
 
@@ -122,7 +125,8 @@ def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], gr
     """The config of distiller `name`: its defaults, the preset's, then the `--set` keys that apply.
 
     `distiller.FIELD=v` applies to every distiller of the grid that has FIELD (an error if none
-    has it); `distiller.NAME.FIELD=v` to distiller NAME only.
+    has it); `distiller.NAME.FIELD=v` to distiller NAME only. A bad value is a UsageError (exit 2):
+    `build` and `apply_overrides` turn the config's ValueError into one.
     """
     from .registry import DISTILLERS
     cls = DISTILLERS.get(name)

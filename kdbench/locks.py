@@ -1,9 +1,10 @@
 """Run-directory locks: two kdbench processes on one results tree never run the same cell twice.
 
 A lock is a file created with O_EXCL holding the owner's host, pid and start time. A lock left by
-a dead process is stale and is taken over: on the same host when its pid no longer exists; from
-another host (a shared filesystem) when it has not been refreshed for `stale_after` seconds
-(holders refresh it every epoch).
+a dead process is stale and is taken over: on the same host when its process no longer exists
+(its pid is gone, or now belongs to a process started at another time); from another host (a
+shared filesystem) when it has not been refreshed for `stale_after` seconds (holders refresh it
+every epoch).
 """
 
 import errno
@@ -16,7 +17,6 @@ from typing import Optional
 
 LOCK = ".lock"
 STALE_AFTER = 2 * 3600.0
-_HELD = set()           # lock paths this process holds
 
 
 class RunLock:
@@ -37,9 +37,9 @@ class RunLock:
                 self.path.unlink(missing_ok=True)      # a dead owner's lock: take it over
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
+                           "since": time.time()}, f)
             self.held = True
-            _HELD.add(str(self.path.resolve()))
             return True
         return False
 
@@ -65,7 +65,6 @@ class RunLock:
 
     def release(self):
         if self.held:
-            _HELD.discard(str(self.path.resolve()))
             self.path.unlink(missing_ok=True)
             self.held = False
 
@@ -78,9 +77,11 @@ class RunLock:
     def _stale(self) -> bool:
         owner = self.owner()
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            if owner["pid"] == os.getpid():     # ours only if we hold it; else left by an earlier life of our pid
-                return str(self.path.resolve()) not in _HELD
-            return not _pid_alive(owner["pid"])
+            # A pid is reused (in containers our own pid is often an earlier run's): the owner is
+            # alive only if the process with its pid started when the owner did.
+            pid = owner["pid"]
+            started = owner.get("started", process_start(pid))     # locks of kdbench <= 0.1 lack it
+            return not _pid_alive(pid) or started != process_start(pid)
         try:
             return time.time() - self.path.stat().st_mtime > self.stale_after
         except FileNotFoundError:
@@ -92,6 +93,15 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def process_start(pid: int) -> Optional[str]:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]    # field 22; the name in (...) may hold spaces
 
 
 def _pid_alive(pid: int) -> bool:

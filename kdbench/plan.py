@@ -11,19 +11,16 @@ are FLOPs / (peak bf16 dense TFLOP/s x utilisation).
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import apply_overrides, load_preset, parse_overrides
+from .assets import asset, read_yaml
 from .data import dataset_geometry, dataset_sizes
 from .engine import build_distiller
 from .errors import UsageError
-from .grid import expand_runs, parse_seeds, resolve_pairs
 from .models import create_feature_model
 from .registry import DISTILLERS, load_plugin
 
@@ -45,7 +42,7 @@ UTILISATION_FILE = "results/gpu-utilisation.json"   # under benchmarks/, written
 
 def measured_utilisation() -> Optional[dict]:
     """The utilisation gpu_check.sh measured, when a GPU-lent session committed one."""
-    path = resources.files("benchmarks").joinpath(UTILISATION_FILE)
+    path = asset(UTILISATION_FILE)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -73,18 +70,16 @@ def count_step_flops(distiller, num_classes: int, in_chans: int, img_size: int) 
 
 def plan(args) -> dict:
     """The grid's cells with FLOPs per step and per recipe and projected hours per GPU class."""
+    from .executors import Plan
     for module in args.plugin:
         load_plugin(module)
     names = DISTILLERS.parse(args.distiller)
-    preset = load_preset(args.preset)
-    pairs = resolve_pairs(args.pairs, preset)
-    seeds = parse_seeds(args.seeds) if args.seeds else list(range(preset.seeds))
-    overrides = parse_overrides(args.overrides)
-    data = apply_overrides(preset.data, overrides, "data")
-    teacher_cfg = apply_overrides(preset.teacher, overrides, "teacher")
+    grid = Plan.build(preset=args.preset, pairs=args.pairs, distillers=names, seeds=args.seeds,
+                      overrides=args.overrides, device="cpu", plugins=args.plugin, need_data=False)
+    preset, data, seeds = grid.preset, grid.data, grid.seeds
     gpus = _gpus(args.gpus)
     util, util_src = _utilisation(args.utilisation)
-    runs = expand_runs(preset, pairs, names, [seeds[0]], data=data, teacher_cfg=teacher_cfg, overrides=overrides)
+    runs = [r for r in grid.runs if r.seed == seeds[0]]
     num_classes, in_chans = dataset_geometry(data)
     num_train, num_test = dataset_sizes(data)
     cells, teachers = [], {}
@@ -150,7 +145,7 @@ def _pat_kd_ratios(cells) -> Dict[str, float]:
 
 @lru_cache(maxsize=None)
 def _paper_epoch_times() -> dict:
-    costs = yaml.safe_load(resources.files("benchmarks").joinpath("published.yaml").read_text()).get("costs", {})
+    costs = read_yaml("published.yaml").get("costs", {})
     return costs.get("epoch_time_s", {})
 
 

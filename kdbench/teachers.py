@@ -3,43 +3,31 @@
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
-import sys
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Tuple
 
-import timm
 import torch
 
-from . import distributed
 from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .data import DataConfig, build_loaders
 from .engine import Trainer, autocast_for, evaluate
 from .errors import UsageError
-from .models import FeatureModel, create_feature_model, create_model, family_of
-from .models.families import recipe_kind
+from .context import LOCAL, RunContext
+from .models import FeatureModel, checkpoint_filter, create_feature_model, recipe_kind_of
 from .locks import RunLock
-from .results import atomic_torch_save, atomic_write_json
+from .results import TeacherManifest, atomic_torch_save, read_manifest, write_manifest
 from distillers.base import TaskConfig
 
-MANIFEST = "manifest.json"
 WEIGHTS = "model.pt"
-
-
-@lru_cache(maxsize=None)
-def model_kind(name: str, img_size: int) -> str:
-    """'cnn' or 'vit_mlp': which of the preset's recipes trains this model (the family table's choice)."""
-    return recipe_kind(family_of(create_model(name, num_classes=10, in_chans=3, img_size=img_size)))
 
 
 def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig,
                 device: torch.device) -> RunConfig:
     """The RunConfig that trains `teacher` from scratch (the `vanilla` method) on `device`; its
     precision is also the one every evaluation of the teacher uses."""
-    recipe: RecipeConfig = getattr(tcfg, model_kind(teacher, data.img_size))
+    recipe: RecipeConfig = getattr(tcfg, recipe_kind_of(teacher, data.img_size))
     if tcfg.train_limit is not None:
         data = dataclasses.replace(data, train_limit=tcfg.train_limit)
     return RunConfig(preset=preset.name, teacher=teacher, student=teacher, seed=tcfg.seed, distiller="vanilla",
@@ -70,39 +58,43 @@ def teacher_in_use(out: Path, preset: str, teacher: str) -> bool:
 
 
 def get_teacher(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig, *, out: Path,
-                device: torch.device, log: Callable[[str], None], verify: bool = False,
-                should_stop: Callable[[], bool] = lambda: False, dry_run: bool = False) -> Tuple[FeatureModel, dict]:
+                device: torch.device, context: RunContext = LOCAL, verify: bool = False,
+                should_stop: Callable[[], bool] = lambda: False,
+                dry_run: bool = False) -> Tuple[FeatureModel, TeacherManifest]:
     """A frozen, eval-mode teacher and its manifest; trains (and caches) it when needed. The
     teacher's directory is locked meanwhile: another process wanting it waits, then reuses it.
 
     `dry_run`: train, evaluate and write nothing; a released checkpoint is still loaded strictly, a
     teacher not trained yet is a freshly initialised one (manifest top1 None, with a note)."""
     if dry_run or tcfg.source == "checkpoint":     # reading needs no lock; _load_released locks to write
-        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, log=log, verify=False,
+        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, context=context, verify=False,
                             should_stop=should_stop, dry_run=dry_run)
-    main = distributed.info().is_main
+    main, log = context.dist.is_main, context.log
     lock = RunLock(teacher_dir(out, preset.name, teacher))
     if main:       # under torchrun, rank 0 holds the lock; the other ranks follow its decisions
         lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
     try:
-        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, log=log, verify=verify,
+        return _get_teacher(preset, teacher, data, tcfg, out=out, device=device, context=context, verify=verify,
                             should_stop=should_stop)
     finally:
         lock.release()
 
 
-def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, should_stop, dry_run=False):
+def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, should_stop, dry_run=False):
     if tcfg.source == "checkpoint":
-        return _load_released(preset, teacher, data, tcfg, out=out, device=device, log=log, dry_run=dry_run)
+        return _load_released(preset, teacher, data, tcfg, out=out, device=device, context=context,
+                              dry_run=dry_run)
     run = teacher_run(preset, teacher, data, tcfg, device)
     tdir = teacher_dir(out, preset.name, teacher)
-    main = distributed.info().is_main
-    manifest = _read_manifest(tdir) if main else None
-    manifest, reason = distributed.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
+    dist, log = context.dist, context.log
+    main = dist.is_main
+    manifest = read_manifest(tdir) if main else None
+    manifest, reason = dist.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
     if dry_run and reason is not None:
         _, _, info = _loaders(run, device)
         fm = _fresh_model(teacher, info, device).eval().requires_grad_(False)
-        return fm, {"architecture": teacher, "top1": None, "note": f"freshly initialised ({reason}; dry run)"}
+        return fm, TeacherManifest(source="train", architecture=teacher,
+                                   note=f"freshly initialised ({reason}; dry run)")
     if reason is None:
         _, eval_loader, info = _loaders(run, device)
         fm = _fresh_model(teacher, info, device)
@@ -110,34 +102,30 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, log, verify, shoul
         fm.eval().requires_grad_(False)
         if verify:
             top1 = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))["top1"]
-            if abs(top1 - manifest["top1"]) > 0.05:
+            if abs(top1 - manifest.top1) > 0.05:
                 raise UsageError(f"teacher {tdir / WEIGHTS} evaluates to {top1:.2f}% but its manifest says "
-                                 f"{manifest['top1']:.2f}%; delete {tdir} to retrain it")
+                                 f"{manifest.top1:.2f}%; delete {tdir} to retrain it")
             log(f"teacher {teacher}: verified, top-1 {top1:.2f}%")
-        _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
+        _check_floor(manifest.top1, tcfg, tdir / WEIGHTS)
         return fm, manifest
     log(f"teacher {teacher}: training ({reason}); recipe {run.hash()}")
     # One training dir per recipe: an interrupted training resumes, a changed recipe starts afresh.
-    trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, log=log, label=f"teacher {teacher}",
+    trainer = Trainer(run, tdir / f"train-{run.hash()}", device=device, context=context, label=f"teacher {teacher}",
                       should_stop=should_stop)
     record = trainer.fit()
     fm = trainer.distiller.student.eval().requires_grad_(False)
     if not main:                # the weights are rank 0's (DDP keeps them equal); it writes the cache
-        manifest = distributed.broadcast(None)
-        _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
+        manifest = dist.broadcast(None)
+        _check_floor(manifest.top1, tcfg, tdir / WEIGHTS)
         return fm, manifest
     state = {k: v.detach().cpu() for k, v in trainer.distiller.student_state().items()}
     atomic_torch_save(tdir / WEIGHTS, state)
-    manifest = {"architecture": teacher, "dataset": record["dataset"], "num_classes": trainer.info.num_classes,
-                "top1": record["top1"], "top5": record["top5"], "recipe_hash": run.hash(),
-                "recipe": run.to_dict(), "timm_version": timm.__version__, "torch_version": torch.__version__,
-                "sha256": sha256_file(tdir / WEIGHTS), "file": WEIGHTS, "epochs": record["epochs"],
-                "wall_s": record["wall_s"], "train_img_per_s": record["train_img_per_s"],
-                "params": record["student_params"], "precision": run.precision}
-    atomic_write_json(tdir / MANIFEST, manifest)
-    distributed.broadcast(manifest)
-    log(f"teacher {teacher}: top-1 {manifest['top1']:.2f}% in {manifest['wall_s']:.0f}s")
-    _check_floor(manifest["top1"], tcfg, tdir / WEIGHTS)
+    manifest = TeacherManifest.trained(run, record, num_classes=trainer.info.num_classes, file=WEIGHTS,
+                                       sha256=sha256_file(tdir / WEIGHTS))
+    write_manifest(tdir, manifest)
+    dist.broadcast(manifest)
+    log(f"teacher {teacher}: top-1 {manifest.top1:.2f}% in {manifest.wall_s:.0f}s")
+    _check_floor(manifest.top1, tcfg, tdir / WEIGHTS)
     return fm, manifest
 
 
@@ -146,19 +134,14 @@ def _loaders(run: RunConfig, device):
                          eval_batch_size=run.recipe.eval_batch_size)
 
 
-def _read_manifest(tdir: Path):
-    try:
-        return json.loads((tdir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _stale_reason(manifest, tdir: Path, run: RunConfig):
+def _stale_reason(manifest: Optional[TeacherManifest], tdir: Path, run: RunConfig):
+    """Why the cache must be (re)built, or None. `read_manifest` gave None for a missing or half-written
+    manifest ("not cached") and raised for one of another schema, which is never overwritten."""
     if manifest is None:
         return "not cached"
-    if manifest.get("recipe_hash") != run.hash():
+    if manifest.recipe_hash != run.hash():
         return "recipe changed"
-    if not (tdir / WEIGHTS).exists() or sha256_file(tdir / WEIGHTS) != manifest.get("sha256"):
+    if not (tdir / WEIGHTS).exists() or sha256_file(tdir / WEIGHTS) != manifest.sha256:
         return "weights missing or corrupt"
     return None
 
@@ -169,12 +152,26 @@ def _check_floor(top1: float, tcfg: TeacherConfig, path: Path):
                          f"refusing to distil from it")
 
 
+def teacher_table(manifests: List[TeacherManifest]) -> str:
+    """`kdbench teach`'s summary: each teacher's top-1 beside the published one, warnings loud."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    lines = [f"{'teacher':34s} {'top-1':>6s} {'published':>10s} {'gap':>6s}  weights"]
+    for m in manifests:
+        pub = f"{m.published_top1:.2f} {m.published_src}" if m.published_top1 is not None else "-"
+        lines.append(f"{m.architecture:34s} {num(m.top1, '6.2f')} {pub:>10s} "
+                     f"{num(m.published_gap, '+6.2f')}  {m.weights or 'trained by kdbench'}")
+    lines += [f"WARNING: {m.architecture}: {m.warning}" for m in manifests if m.warning]
+    return "\n".join(lines)
+
+
 PUBLISHED_TOLERANCE = 1.0   # top-1 points between a released teacher and its paper before a warning
 
 
-def _load_released(preset, teacher, data, tcfg, *, out, device, log, dry_run=False):
+def _load_released(preset, teacher, data, tcfg, *, out, device, context, dry_run=False):
     """Load a released teacher checkpoint (e.g. OFA's CIFAR-100 teachers) strictly, evaluate it once
     per file (sha256) and compare it with the published teacher accuracy."""
+    log = context.log
     root = tcfg.checkpoint_dir or os.environ.get("KDBENCH_TEACHERS")
     if not root:
         raise UsageError(f"preset '{preset.name}' loads teachers from checkpoints: pass "
@@ -194,52 +191,51 @@ def _load_released(preset, teacher, data, tcfg, *, out, device, log, dry_run=Fal
     tdir = teacher_dir(out, preset.name, teacher)
 
     def fresh(manifest):
-        return manifest is not None and manifest.get("sha256") == digest and manifest.get("recipe_hash") == run.hash()
+        return manifest is not None and manifest.sha256 == digest and manifest.recipe_hash == run.hash()
 
-    manifest = _read_manifest(tdir)
+    manifest = read_manifest(tdir)
     if not fresh(manifest) and dry_run:    # a dry run proves the file loads; `kdbench teach` evaluates it
-        return fm, {"architecture": teacher, "file": str(path), "weights": weights, "top1": None,
-                    "note": "loaded, not evaluated (dry run)"}
+        return fm, TeacherManifest(source="checkpoint", architecture=teacher, file=str(path), weights=weights,
+                                   note="loaded, not evaluated (dry run)")
     if not fresh(manifest):
-        with _main_rank_lock(tdir, teacher, log):
-            manifest = _read_manifest(tdir)           # another process may have evaluated it meanwhile
+        with _main_rank_lock(tdir, teacher, context):
+            manifest = read_manifest(tdir)           # another process may have evaluated it meanwhile
             if not fresh(manifest):
                 manifest = _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log)
-                if distributed.info().is_main:
-                    atomic_write_json(tdir / MANIFEST, manifest)
-    if manifest.get("warning"):
-        log(f"WARNING: teacher {teacher}: {manifest['warning']}")
-    _check_floor(manifest["top1"], tcfg, path)
+                if context.dist.is_main:
+                    write_manifest(tdir, manifest)
+    if manifest.warning:
+        log(f"WARNING: teacher {teacher}: {manifest.warning}")
+    _check_floor(manifest.top1, tcfg, path)
     return fm, manifest
 
 
 @contextlib.contextmanager
-def _main_rank_lock(tdir: Path, teacher: str, log):
+def _main_rank_lock(tdir: Path, teacher: str, context: RunContext):
     """The teacher directory's lock, held by rank 0 (the other ranks follow its decisions)."""
     lock = RunLock(tdir)
-    if distributed.info().is_main:
-        lock.acquire(on_wait=lambda owner: log(f"teacher {teacher}: waiting for process {owner} to finish it"))
+    if context.dist.is_main:
+        lock.acquire(on_wait=lambda owner: context.log(f"teacher {teacher}: waiting for process {owner} to finish it"))
     try:
         yield
     finally:
         lock.release()
 
 
-def _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log) -> dict:
+def _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log) -> TeacherManifest:
     """The manifest of a released teacher: its top-1/top-5 in the run's precision, beside the paper's."""
     log(f"teacher {run.teacher}: evaluating {path} ({weights} weights, {run.precision})")
     device = next(fm.parameters()).device
     metrics = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))
-    return {"architecture": run.teacher, "dataset": info.name, "num_classes": info.num_classes,
-            **metrics, "recipe_hash": run.hash(), "timm_version": timm.__version__,
-            "torch_version": torch.__version__, "sha256": digest, "file": str(path), "weights": weights,
-            "precision": run.precision, **published_check(info.name, paper, run.teacher, metrics["top1"])}
+    return TeacherManifest.released(run, dataset=info.name, num_classes=info.num_classes, **metrics, file=str(path),
+                                    sha256=digest, weights=weights,
+                                    **published_check(info.name, paper, run.teacher, metrics["top1"]))
 
 
 def _load_strict(fm: FeatureModel, state, path: Path, teacher: str, num_classes: int):
     """Load `state` into the teacher strictly, after its timm module's key conversion (old timm and
     official-release layouts, e.g. FB ConvNeXt, timm 0.6 Swin)."""
-    filter_fn = getattr(sys.modules[type(fm.model).__module__], "checkpoint_filter_fn", None)
+    filter_fn = checkpoint_filter(fm.model)
     try:
         if filter_fn is not None:
             state = filter_fn(state, fm.model)

@@ -1,6 +1,5 @@
 """`kdbench viz attention`: PAT's region-attention map, averaged over a batch of test images."""
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,19 +10,20 @@ from .engine import CHECKPOINT, build_distiller, resolve_device
 from .errors import UsageError
 from .models import create_feature_model
 from .registry import DISTILLERS
+from .results import RESULT_FILE, read_record
 
 
 def load_pat_run(run_dir: Path):
     """(RunConfig, PATConfig, checkpoint path) of a finished or checkpointed PAT run."""
     run_dir = Path(run_dir)
-    record_path, ckpt = run_dir / "result.json", run_dir / CHECKPOINT
-    if not record_path.exists() or not ckpt.exists():
-        raise UsageError(f"{run_dir} is not a run directory with result.json and {CHECKPOINT} "
+    ckpt = run_dir / CHECKPOINT
+    rec = read_record(run_dir)                 # a record of another schema: RecordError
+    if rec is None or not ckpt.exists():
+        raise UsageError(f"{run_dir} is not a run directory with a readable {RESULT_FILE} and {CHECKPOINT} "
                          f"(expected <out>/<preset>/<teacher>__<student>/pat/seed<k>)")
-    try:
-        cfg = json.loads(record_path.read_text())["config"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise UsageError(f"{record_path} is not a kdbench run record ({exc})") from None
+    cfg = rec.config
+    if cfg is None or "distiller" not in cfg:
+        raise UsageError(f"{run_dir / RESULT_FILE} is a kdbench run record without its configuration")
     name = cfg["distiller"]["name"]
     if name != "pat" or not cfg["distiller"].get("raa", True):
         raise UsageError(f"{run_dir} is a '{name}' run without region attention; `viz attention` needs a pat run "

@@ -10,8 +10,10 @@ import pathlib
 import pytest
 import torch
 
+from kdbench.context import RunContext, SILENT
 from kdbench import checkpoints, report
-from kdbench.cli import main, teacher_table
+from kdbench.cli import main
+from kdbench.teachers import teacher_table
 from kdbench.config import load_preset
 from kdbench.errors import UsageError
 from kdbench.models import create_model
@@ -69,7 +71,7 @@ def test_every_layout_loads_strictly_with_the_saved_logits(tmp_path, layout, use
     suffix = ".safetensors" if layout == "safetensors" else ".pth"
     preset, data, tcfg = _setup(tmp_path, use_ema=use_ema, files={PAPER: f"teacher{suffix}"})
     _save_layout(layout, tmp_path / "zoo" / f"teacher{suffix}", model, ema)
-    fm, manifest = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, log=lambda s: None)
+    fm, manifest = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, context=SILENT)
     has_ema = layout in ("timm-saver", "timm-saver-ddp", "model_ema")
     expected = ema if use_ema and has_ema else model
     x = torch.randn(4, 3, 16, 16)
@@ -77,9 +79,9 @@ def test_every_layout_loads_strictly_with_the_saved_logits(tmp_path, layout, use
         assert (fm.logits(x) - expected(x)).abs().max().item() <= 1e-5
     plain = {"bare": "file", "dataparallel-bare": "file", "safetensors": "file", "model": "model",
              "model_ema": "model"}.get(layout, "state_dict")
-    assert manifest["weights"] == ({"model_ema": "model_ema"}.get(layout, "state_dict_ema")
+    assert manifest.weights == ({"model_ema": "model_ema"}.get(layout, "state_dict_ema")
                                    if use_ema and has_ema else plain)
-    assert 0 <= manifest["top1"] <= 100 and len(manifest["sha256"]) == 64
+    assert 0 <= manifest.top1 <= 100 and len(manifest.sha256) == 64
 
 
 def test_timm_saver_file_needs_the_namespace_allow_list(tmp_path):
@@ -159,14 +161,14 @@ def test_teacher_far_from_its_paper_warns_loudly_and_is_cached_by_sha256(tmp_pat
     preset = dataclasses.replace(preset, models={**preset.models, TEACHER: TEACHER})
     torch.save(timm_checkpoint(_model()), tmp_path / "zoo" / f"{TEACHER}_cifar100.pth")
     logs = []
-    fm, manifest = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, log=logs.append)
-    assert manifest["published_top1"] == 99.5 and manifest["published_gap"] < -1.0
-    assert "points below the published 99.50% (V)" in manifest["warning"]
+    fm, manifest = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, context=RunContext(sink=logs.append))
+    assert manifest.published_top1 == 99.5 and manifest.published_gap < -1.0
+    assert "points below the published 99.50% (V)" in manifest.warning
     assert any(s.startswith("WARNING: teacher") for s in logs) and any("evaluating" in s for s in logs)
     table = teacher_table([manifest])
     assert "WARNING: kdbench_resnet18_xs" in table and "99.50 V" in table
     logs.clear()
-    _, again = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, log=logs.append)
+    _, again = get_teacher(preset, TEACHER, data, tcfg, out=tmp_path / "out", device=CPU, context=RunContext(sink=logs.append))
     assert again == manifest and not any("evaluating" in s for s in logs)      # evaluated once per file
     assert any(s.startswith("WARNING") for s in logs)                          # and still warned
 

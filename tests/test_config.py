@@ -1,16 +1,27 @@
-"""Tests of kdbench.config: `--set` parsing and application, presets, run-config hashing."""
+"""Tests of kdbench.config: `--set` parsing and application, presets, run-config hashing, the validation
+convention (ValueError in configs, exit 2 at the CLI), RunConfig.from_dict."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from distillers.base import TaskConfig
 from distillers.kd import KDConfig
-from kdbench.config import (OPTIMIZERS, Preset, RecipeConfig, RunConfig, SECTIONS, apply_overrides, load_preset,
-                            parse_overrides, preset_names)
+from kdbench.assets import asset
+from kdbench.cli import main
+from kdbench.config import (OPTIMIZERS, Preset, RecipeConfig, RunConfig, SECTIONS, TeacherConfig, apply_overrides,
+                            load_preset, parse_overrides, preset_names)
 from kdbench.data import DATASETS, DataConfig
 from kdbench.errors import UsageError
-from kdbench.grid import pair_sets
+from kdbench.grid import expand_runs, pair_sets, resolve_pairs
+from kdbench.registry import DISTILLERS
+from kdbench.validators import at_least, in_range, is_hashed, non_negative, one_of, positive, subset_of, unhashed
 
 
 # ----------------------------------------------------------------------------- parse_overrides
@@ -132,7 +143,7 @@ def test_apply_overrides_nested():
 def test_apply_overrides_distiller_post_init_value_error():
     with pytest.raises(UsageError) as err:
         _apply(KDConfig(), ["distiller.temperature=0"], "distiller")
-    assert "distiller.temperature" in str(err.value) and "temperature must be > 0" in str(err.value)
+    assert str(err.value) == "bad value 0.0 for distiller.temperature: must be > 0"
     with pytest.raises(UsageError, match="did you mean 'temperature'"):
         _apply(KDConfig(), ["distiller.temprature=2"], "distiller")
 
@@ -257,3 +268,214 @@ def test_hash_changes_when_a_member_is_redefined(monkeypatch):
     monkeypatch.setitem(zoo.MEMBERS["resnet18"], "xs", (builder, {**defaults, "channels": (8, 16, 32, 32)}))
     assert run.student == "kdbench_resnet18_xs" and run.hash() != base
     assert zoo.member_definition("resnet18") is None   # timm's own models: the timm version covers them
+
+
+def test_hash_ignores_every_field_marked_unhashed():
+    @dataclasses.dataclass
+    class Inner:
+        kept: int = 1
+        cache: str = unhashed("/tmp/a")
+
+    @dataclasses.dataclass
+    class MethodConfig(TaskConfig):
+        inner: Inner = dataclasses.field(default_factory=Inner)
+        scratch: str = unhashed(None)
+
+    base = _run(distiller_config=MethodConfig())
+    moved = _run(distiller_config=MethodConfig(inner=Inner(cache="/b"), scratch="/c"))
+    assert moved.hash() == base.hash() and moved.to_dict() == base.to_dict()
+    assert base.to_dict()["distiller"] == {"name": "kd", "gt_weight": 1.0, "inner": {"kept": 1}}
+    assert moved.to_dict(full=True)["distiller"]["inner"] == {"kept": 1, "cache": "/b"}
+    assert _run(distiller_config=MethodConfig(inner=Inner(kept=2))).hash() != base.hash()
+    assert not is_hashed(next(f for f in dataclasses.fields(TeacherConfig) if f.name == "checkpoint_dir"))
+
+
+# ----------------------------------------------------------------------------- validation convention
+
+def test_validators_wording():
+    cases = [(lambda: positive("distiller.temperature", 0), "bad value 0 for distiller.temperature: must be > 0"),
+             (lambda: non_negative("recipe.mixup", -1.0), "bad value -1.0 for recipe.mixup: must be >= 0"),
+             (lambda: at_least("recipe.epochs", 0, 1), "bad value 0 for recipe.epochs: must be an integer >= 1"),
+             (lambda: in_range("recipe.ema_decay", 1.0, 0, 1, hi_open=True),
+              "bad value 1.0 for recipe.ema_decay: must be in [0, 1)"),
+             (lambda: in_range("distiller.warmup_fraction", 2, 0, 1), "bad value 2 for distiller.warmup_fraction: "
+                                                                      "must be in [0, 1]"),
+             (lambda: one_of("recipe.optimizer", "adam", OPTIMIZERS), "bad value 'adam' for recipe.optimizer: "
+                                                                      "must be sgd or adamw"),
+             (lambda: one_of("x", "d", "abc"), "bad value 'd' for x: must be one of a, b, c"),
+             (lambda: subset_of("x", ("a", "q"), "abc"), "bad value 'q' in x: must be one of a, b, c")]
+    for call, message in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message and not isinstance(err.value, UsageError)
+    positive("k", 1e-9), non_negative("k", 0), at_least("k", 1, 1), in_range("k", 0, 0, 1, hi_open=True)
+    one_of("k", "a", "ab"), subset_of("k", (), "ab")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: RecipeConfig(epochs=0), "bad value 0 for recipe.epochs: must be an integer >= 1"),
+    (lambda: RecipeConfig(schedule="linear"), "bad value 'linear' for recipe.schedule: must be cosine or step"),
+    (lambda: TeacherConfig(source="zoo"), "bad value 'zoo' for teacher.source: must be train or checkpoint"),
+    (lambda: _run(precision="fp16"), "bad value 'fp16' for precision: must be fp32 or bf16"),
+    (lambda: _run(seed=-1), "bad value -1 for seed: must be >= 0"),
+])
+def test_configs_raise_value_error_not_usage_error(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message and not isinstance(err.value, UsageError)
+
+
+BAD_DISTILLER_VALUES = [("kd", "temperature", 0.0), ("dkd", "temperature", -1.0), ("dkd", "warmup_epochs", -1.0),
+                        ("fitnet", "temperature", 0.0), ("fitnet", "stages", (1, 1)), ("reviewkd", "temperature", 0.0),
+                        ("reviewkd", "mid_channels", 0), ("reviewkd", "warmup_fraction", 1.5),
+                        ("reviewkd", "stages", ()), ("ofa", "temperature", 0.0), ("ofa", "final_grid", 0),
+                        ("ofa", "eps", (1.0, 1.0)), ("ofa", "stages", (5,)), ("pat", "temperature", 0.0),
+                        ("pat", "num_queries", 48), ("pat", "heads", 0), ("pat", "dim", 30),
+                        ("pat", "feedback", "later"), ("pat", "faithful_items", ("nope",)),
+                        ("pat", "afp_stages", (0,))]
+
+
+@pytest.mark.parametrize("name,field,value", BAD_DISTILLER_VALUES)
+def test_distiller_configs_raise_one_value_error_naming_the_key(name, field, value):
+    with pytest.raises(ValueError) as err:
+        DISTILLERS.get(name).Config(**{field: value})
+    message = str(err.value)
+    assert message.startswith("bad value ") and f"distiller.{field}: must be " in message and "\n" not in message
+    assert not isinstance(err.value, UsageError)
+
+
+def test_every_distiller_with_a_temperature_checks_it():
+    names = [n for n in DISTILLERS.names()
+             if "temperature" in {f.name for f in dataclasses.fields(DISTILLERS.get(n).Config)}]
+    assert set(names) >= {"kd", "dkd", "fitnet", "reviewkd", "ofa", "pat"}
+    assert set(names) <= {n for n, f, _ in BAD_DISTILLER_VALUES if f == "temperature"}
+
+
+def test_bad_distiller_value_from_the_command_line_is_exit_2_one_line(tmp_path, capsys):
+    code = main(["run", "--distiller", "kd,pat", "--pairs", "all", "--preset", "smoke", "--out", str(tmp_path / "r"),
+                 "--set", "distiller.temperature=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "kdbench: error: bad value 0.0 for distiller.temperature: must be > 0\n"
+    assert not (tmp_path / "r").exists()
+    code = main(["run", "--distiller", "kd", "--pairs", "all", "--preset", "smoke", "--out", str(tmp_path / "r"),
+                 "--set", "distiller.kd.temperature=-2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "distiller.temperature: must be > 0" in err
+
+
+def test_bad_values_in_a_preset_file_are_exit_2_one_line(tmp_path, capsys):
+    raw = yaml.safe_load(asset("presets", "smoke.yaml").read_text())
+    raw["cnn"]["epochs"] = 0
+    raw["distillers"] = {"kd": {"temperature": 0}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code = main(["run", "--distiller", "kd", "--pairs", "all", "--preset", str(path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cnn" in err and "bad value 0 for recipe.epochs: must be an integer >= 1" in err
+    raw["cnn"]["epochs"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    code = main(["run", "--distiller", "kd", "--pairs", "all", "--preset", str(path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "distiller kd: bad value 0.0 for distiller.temperature" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_nested_set_key_is_named_when_the_message_names_another():
+    with pytest.raises(UsageError) as err:
+        _apply(load_preset("smoke").teacher, ["teacher.cnn.epochs=0"], "teacher")
+    assert str(err.value) == "--set teacher.cnn.epochs: bad value 0 for recipe.epochs: must be an integer >= 1"
+
+
+# ----------------------------------------------------------------------------- hashes stay what they were
+
+# Computed with the code before fields were marked `unhashed` (the hand-written pops of to_dict()):
+# a change here changes the identity of every existing run record.
+PINNED = {
+    "smoke/vit_small_patch16_224:resnet18": {
+        "dkd": "98bcc49a0da4b92c", "fitnet": "9b83f938e9fde92d", "kd": "6377223ceb90ebb9", "ofa": "4ddca3916c16e6a9",
+        "pat": "a15c865588a4c97a", "reviewkd": "446e7edf74811ec6", "vanilla": "5159f574e51e07ae"},
+    "paper/vit_small_patch16_224:resnet18": {
+        "dkd": "fd54c8ec31461afc", "fitnet": "4516a5c67f3dc788", "kd": "d820da5df05a6c3c", "ofa": "25d3632e25d994d3",
+        "pat": "ed273b71522e61f8", "reviewkd": "cd1784823ba13b69", "vanilla": "ed2d7ca5acbf9e05"},
+    "tiny/resnet18:deit_tiny_patch16_224": {
+        "dkd": "5e5c3809fcf2696b", "fitnet": "4d915652eeb78426", "kd": "2b89266f18f8fbd8", "ofa": "e63d592362590b8d",
+        "pat": "e0234871cea6e933", "reviewkd": "0ff3fa300904b739", "vanilla": "5e4405fddd29ab28"},
+}
+
+
+@pytest.mark.parametrize("where", sorted(PINNED))
+def test_hashes_of_existing_runs_are_pinned(where):
+    preset_name, pair = where.split("/")
+    preset = load_preset(preset_name)
+    runs = expand_runs(preset, resolve_pairs(pair, preset), sorted(PINNED[where]), [0], data=preset.data,
+                       teacher_cfg=preset.teacher, overrides={})
+    assert {r.distiller: r.hash() for r in runs} == PINNED[where]
+    for run in runs:       # where files live never counts
+        moved = dataclasses.replace(run, data=dataclasses.replace(run.data, root="/x", workers=1),
+                                    teacher_config=dataclasses.replace(run.teacher_config, checkpoint_dir="/c"))
+        assert moved.hash() == run.hash()
+        d = run.to_dict()
+        assert {"root", "workers"} & set(d["data"]) == set() and "checkpoint_dir" not in d["teacher_config"]
+
+
+def test_committed_imagenet_dry_run_hashes_are_reproduced():
+    """The committed ImageNet dry-run rows carry config hashes (made with --set recipe.batch_size=B)."""
+    rows = json.loads(asset("results", "dry-run-imagenet-cpu.json").read_text())["rows"]
+    preset = load_preset("imagenet")
+    for batch in {r["batch_size"] for r in rows}:
+        mine = [r for r in rows if r["batch_size"] == batch]
+        runs = expand_runs(preset, resolve_pairs("imagenet", preset), sorted({r["distiller"] for r in mine}), [0],
+                           data=preset.data, teacher_cfg=preset.teacher, overrides={"recipe.batch_size": batch})
+        hashes = {(r.teacher, r.student, r.distiller): r.hash() for r in runs}
+        assert [hashes[(r["teacher"], r["student"], r["distiller"])] for r in mine] == [r["config_hash"] for r in mine]
+
+
+# ----------------------------------------------------------------------------- from_dict
+
+@pytest.mark.parametrize("preset_name", ["smoke", "paper"])
+def test_run_config_round_trip_for_every_distiller(preset_name):
+    preset = load_preset(preset_name)
+    data = dataclasses.replace(preset.data, root="/data/here", workers=2)
+    teacher_cfg = dataclasses.replace(preset.teacher, checkpoint_dir="/ckpts", files={"resnet18": "r18.pth"})
+    runs = expand_runs(preset, resolve_pairs("all", preset), DISTILLERS.names(), [0, 1], data=data,
+                       teacher_cfg=teacher_cfg, overrides={"distiller.pat.faithful_items": ["pe_by_batch"],
+                                                            "distiller.ofa.eps": [1.5], "recipe.epochs": 2})
+    assert {r.distiller for r in runs} == set(DISTILLERS.names())
+    for run in runs:
+        full = run.to_dict(full=True)
+        assert full["data"]["root"] == "/data/here" and full["teacher_config"]["checkpoint_dir"] == "/ckpts"
+        back = RunConfig.from_dict(json.loads(json.dumps(full)))     # as sent to a subprocess or a Ray task
+        assert back == run and back.hash() == run.hash()
+        assert type(back.distiller_config) is DISTILLERS.get(run.distiller).Config
+        hashed = RunConfig.from_dict(json.loads(json.dumps(run.to_dict())))   # a record's config
+        assert hashed.hash() == run.hash()
+        assert hashed.data.root is None and hashed.teacher_config.checkpoint_dir is None
+        assert hashed == dataclasses.replace(run, data=dataclasses.replace(run.data, root=None, workers=4),
+                                             teacher_config=dataclasses.replace(run.teacher_config, checkpoint_dir=None))
+
+
+def test_from_dict_ignores_models_and_checks_values():
+    run = _run()
+    d = run.to_dict(full=True)
+    assert RunConfig.from_dict({**d, "models": {"teacher": "anything"}}) == run
+    with pytest.raises(UsageError, match="recipe.epochs"):
+        RunConfig.from_dict({**d, "recipe": {**d["recipe"], "epochs": 0}})
+    with pytest.raises(UsageError, match="did you mean 'kd'"):
+        RunConfig.from_dict({**d, "distiller": {**d["distiller"], "name": "kdd"}})
+
+
+# ----------------------------------------------------------------------------- package data
+
+def test_presets_are_not_shadowed_by_a_benchmarks_folder_in_the_working_directory(tmp_path):
+    (tmp_path / "benchmarks" / "presets").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
+    code = ("from kdbench.config import load_preset, preset_names; from kdbench.grid import pair_sets; "
+            "import benchmarks; assert benchmarks.__file__.startswith(%r), benchmarks.__file__; "
+            "assert {'smoke', 'tiny'} <= set(preset_names()); assert load_preset('tiny').name == 'tiny'; "
+            "assert len(pair_sets()['all']) == 12; print('ok')" % str(tmp_path))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(root)]))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -20,6 +20,7 @@ from torch._dynamo.testing import CompileCounter
 
 from distillers.base import TaskConfig
 from distillers.pat import PAT
+from kdbench.context import SILENT
 from kdbench import distributed, engine
 from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
 from kdbench.engine import (STOP_CHECK_EVERY, Trainer, build_optimizer, configure_backends, make_criterion,
@@ -27,7 +28,7 @@ from kdbench.engine import (STOP_CHECK_EVERY, Trainer, build_optimizer, configur
 from kdbench.errors import UsageError
 from kdbench.models import create_feature_model
 from kdbench.registry import DISTILLERS
-from kdbench.workers import worker_env
+from kdbench.executors.workers import worker_env
 
 TEACHER, STUDENT = "kdbench_vit_s_xs", "kdbench_deit_t_xs"
 PAT_SMALL = dict(dim=32, num_queries=16, heads=4)
@@ -219,7 +220,7 @@ def _trainer_stub(active: bool, steps: int, stop: bool = False):
 
 def test_ddp_agrees_on_stop_requests_every_k_steps_and_at_each_epoch_end(monkeypatch):
     collectives = []
-    monkeypatch.setattr(distributed, "any_rank", lambda flag, device: collectives.append(1) or flag)
+    monkeypatch.setattr(distributed.DistInfo, "any_rank", lambda self, flag, device: collectives.append(1) or flag)
     ddp, _ = _trainer_stub(True, 60, stop=True)
     agreed = [done for done in range(1, 61) if Trainer._stop_agreed(ddp, done)]
     assert agreed == [STOP_CHECK_EVERY, 2 * STOP_CHECK_EVERY] and len(collectives) == 2   # 60: the epoch end's
@@ -238,7 +239,6 @@ def test_one_process_checks_every_step_without_a_collective(monkeypatch):
 
 def test_the_process_group_gets_a_long_timeout(monkeypatch):
     seen = []
-    monkeypatch.setattr(distributed, "_INFO", distributed.SINGLE)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
@@ -309,7 +309,7 @@ def test_every_trainer_configures_the_backends(restored_backends, monkeypatch, t
                     data=data, teacher_config=TeacherConfig())
     for expected in (False, True):
         Trainer(dataclasses.replace(run, deterministic=expected), tmp_path, device=torch.device("cpu"),
-                log=lambda s: None)
+                context=SILENT)
         assert seen[-1] is expected
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench import data
-from kdbench.data import DataConfig, build_loaders, load_dataset, resolve_root
+from kdbench.data import DataConfig, FolderTrainLoader, Loader, TrainLoader, build_loaders, load_dataset, resolve_root
+from kdbench.data import augment, config, sources
 from kdbench.errors import UsageError
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
@@ -75,7 +75,7 @@ def pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 def ids(x: torch.Tensor) -> list:
     """Sample ids of a batch of CIFAR fixture images (channel 2 holds id + 1)."""
-    return (pixels(x, data._STATS["cifar10"][0], data._STATS["cifar10"][1])[:, 2, 16, 16] - 1).tolist()
+    return (pixels(x, config.STATS["cifar10"][0], config.STATS["cifar10"][1])[:, 2, 16, 16] - 1).tolist()
 
 
 def batches(loader, epoch):
@@ -127,7 +127,7 @@ def test_cifar100_pickles(tmp_path):
     write_pickle(folder / "test", {b"data": cifar_images(4, 0, rng), b"fine_labels": [1, 2, 3, 98]})
     write_pickle(folder / "meta", {b"fine_label_names": [b"x"] * 100})
     ds = load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path), img_size=32))
-    assert ds.num_classes == 100 and ds.mean == data._STATS["cifar100"][0]
+    assert ds.num_classes == 100 and ds.mean == config.STATS["cifar100"][0]
     assert torch.equal(ds.train_images, torch.from_numpy(train.reshape(6, 3, 32, 32)))
     assert ds.train_labels.tolist() == [0, 99, 5, 7, 42, 3] and ds.test_labels.tolist() == [1, 2, 3, 98]
 
@@ -183,7 +183,7 @@ def test_offline_missing_dataset_says_what_was_tried(tmp_path, monkeypatch):
     def offline(dataset, cache):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.setattr(sources, "_download", offline)
     with pytest.raises(UsageError) as err:
         resolve_root("cifar100", None)
     msg = str(err.value)
@@ -194,8 +194,8 @@ def test_offline_missing_dataset_says_what_was_tried(tmp_path, monkeypatch):
 def test_download_fills_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("KDBENCH_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(data, "_download", lambda dataset, cache: write_fashion(cache / "FashionMNIST" / "raw"))
-    monkeypatch.setattr(data, "_SYSTEM_ROOTS", {})
+    monkeypatch.setattr(sources, "_download", lambda dataset, cache: write_fashion(cache / "FashionMNIST" / "raw"))
+    monkeypatch.setattr(sources, "_SYSTEM_ROOTS", {})
     assert resolve_root("fashion-mnist", None) == tmp_path / ".cache" / "kdbench" / "data"
 
 
@@ -235,7 +235,7 @@ def test_resized_batches_have_constant_size(cifar10_root):
 
 def test_pad_crop_by_hand():
     x = torch.arange(2 * 5 * 6, dtype=torch.uint8).view(2, 1, 5, 6)
-    out = data._pad_crop(x, torch.tensor([[0, 4], [2, 2]]), pad=2)
+    out = augment.pad_crop(x, torch.tensor([[0, 4], [2, 2]]), pad=2)
     assert torch.equal(out[1], x[1])  # offset (pad, pad) = no shift
     expect = torch.zeros(5, 6, dtype=torch.uint8)
     expect[2:, :4] = x[0, 0, :3, 2:]  # row offset 0 -> shifted down 2; col offset 4 -> shifted left 2
@@ -311,6 +311,22 @@ def test_world_size_shards_are_disjoint_and_cover(cifar10_root):
     assert not set(seen[0]) & set(seen[1])
     one_rank = build_loaders(cfg, batch_size=16, device="cpu", seed=7)[0]
     assert set(seen[0]) | set(seen[1]) == {i for x, _ in one_rank.epoch(4) for i in ids(x)}
+
+
+def test_train_loaders_are_loaders_with_the_same_shards(cifar10_root):
+    cfg = cifar_cfg(cifar10_root)
+    ds = load_dataset(cfg)
+    on_device, evaluation, _ = build_loaders(cfg, batch_size=8, device="cpu", seed=7, rank=1, world_size=2)
+    folder = FolderTrainLoader(torch.utils.data.TensorDataset(ds.train_images, ds.train_labels), batch_size=8,
+                               seed=7, device="cpu", workers=0, rank=1, world_size=2)
+    assert isinstance(on_device, TrainLoader) and isinstance(on_device, Loader) and isinstance(folder, Loader)
+    assert isinstance(evaluation, Loader)
+    assert not isinstance(torch.utils.data.DataLoader(range(4)), Loader)  # no epoch(e)
+    assert len(folder) == len(on_device) == 3
+    for epoch in (0, 3):
+        assert torch.equal(folder.shard(epoch)[0], on_device.shard(epoch)[0])
+        assert [ids(x) for x, _ in on_device.epoch(epoch)] == [(x[:, 2, 16, 16].long() - 1).tolist()
+                                                               for x, _ in folder.epoch(epoch)]
 
 
 def test_eval_loader_covers_test_set_in_order(cifar10_root):

@@ -3,11 +3,17 @@
 import dataclasses
 import json
 import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from distillers.base import Distiller, DistillOutput, TaskConfig
+from kdbench.context import RunContext, SILENT
 from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
 from kdbench.engine import NonFiniteLoss, Trainer, lr_at, make_criterion, param_groups
 from kdbench.models import create_feature_model
@@ -67,19 +73,19 @@ class Stop(Exception):
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     run = smoke_run(student="kdbench_deit_t_xs", optimizer="adamw", lr=2e-3, ema_decay=0.9)
-    full = Trainer(run, tmp_path / "a", device=CPU, log=lambda s: None).fit()
+    full = Trainer(run, tmp_path / "a", device=CPU, context=SILENT).fit()
 
     def stop_after_first_epoch(msg):
         if "epoch 1/2" in msg:
             raise Stop
     with pytest.raises(Stop):
-        Trainer(run, tmp_path / "b", device=CPU, log=stop_after_first_epoch).fit()
+        Trainer(run, tmp_path / "b", device=CPU, context=RunContext(sink=stop_after_first_epoch)).fit()
     assert (tmp_path / "b" / "checkpoint.pt").exists()
     lines = []
-    resumed = Trainer(run, tmp_path / "b", device=CPU, log=lines.append).fit()
+    resumed = Trainer(run, tmp_path / "b", device=CPU, context=RunContext(sink=lines.append)).fit()
     assert any("resumed after epoch 1" in s for s in lines)
     for key in ("top1", "top5", "best_top1", "ema_top1"):
-        assert resumed[key] == full[key], key
+        assert getattr(resumed, key) == getattr(full, key), key
     a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
@@ -89,14 +95,14 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path):
-    r0 = Trainer(smoke_run(seed=0), tmp_path / "x", device=CPU, log=lambda s: None).fit()
-    r0b = Trainer(smoke_run(seed=0), tmp_path / "y", device=CPU, log=lambda s: None).fit()
-    r1 = Trainer(smoke_run(seed=1), tmp_path / "z", device=CPU, log=lambda s: None).fit()
+    r0 = Trainer(smoke_run(seed=0), tmp_path / "x", device=CPU, context=SILENT).fit()
+    r0b = Trainer(smoke_run(seed=0), tmp_path / "y", device=CPU, context=SILENT).fit()
+    r1 = Trainer(smoke_run(seed=1), tmp_path / "z", device=CPU, context=SILENT).fit()
     m = lambda d: (tmp_path / d / "metrics.jsonl").read_text()
     assert _same_but_speed(m("x"), m("y"))
-    assert r0["top1"] == r0b["top1"]
+    assert r0.top1 == r0b.top1
     assert _losses(m("x")) != _losses(m("z"))
-    assert r0["config_hash"] == r0b["config_hash"] != r1["config_hash"]
+    assert r0.config_hash == r0b.config_hash != r1.config_hash
 
 
 def _losses(text):
@@ -132,29 +138,61 @@ class NanAtStep(Distiller):
 def test_non_finite_loss_fails_with_step_and_term(tmp_path):
     run = dataclasses.replace(smoke_run(), distiller="test_nan_at_step", distiller_config=NanConfig(at_step=3))
     with pytest.raises(NonFiniteLoss, match=r"step 3 .*probe"):
-        Trainer(run, tmp_path, device=CPU, log=lambda s: None).fit()
+        Trainer(run, tmp_path, device=CPU, context=SILENT).fit()
 
 
 def test_record_fields(tmp_path):
-    rec = Trainer(smoke_run(), tmp_path, device=CPU, log=lambda s: None).fit()
+    rec = Trainer(smoke_run(), tmp_path, device=CPU, context=SILENT).fit()
     for key in ("schema", "status", "error", "distiller", "teacher", "student", "preset", "dataset", "seed",
                 "top1", "top5", "best_top1", "teacher_top1", "epochs", "wall_s", "train_img_per_s",
                 "peak_mem_mb", "student_params", "extra_params", "config", "config_hash", "versions"):
-        assert key in rec, key
-    assert rec["status"] == "done" and rec["epochs"] == 2 and 0 <= rec["top1"] <= 100
-    assert rec["top5"] >= rec["top1"] and rec["best_top1"] >= rec["top1"]
-    assert set(rec["versions"]) >= {"kdbench", "source", "torch", "timm", "python", "device", "world_size"}
-    assert rec["config"]["distiller"]["name"] == "vanilla"
+        assert key in rec.to_dict(), key
+    assert rec.status == "done" and rec.epochs == 2 and 0 <= rec.top1 <= 100
+    assert rec.top5 >= rec.top1 and rec.best_top1 >= rec.top1
+    assert set(rec.versions) >= {"kdbench", "source", "torch", "timm", "python", "device", "world_size"}
+    assert rec.config["distiller"]["name"] == "vanilla"
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_records_name_the_source_revision():
-    import re
-    from pathlib import Path
+def _git(root, *args):
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=kdbench", "-c", "user.email=kdbench@test",
+                           "-c", "commit.gpgsign=false", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_records_name_the_source_revision(tmp_path, monkeypatch):
+    """source_revision() names the commit of the tree kdbench's source lies in ("+dirty" once its
+    code is modified) and is None in a tree that is no git checkout (an installed copy). The test
+    builds both trees and points the module at each, so that it, not the environment, decides which
+    answer is right."""
     import kdbench
     from kdbench.results import source_revision
-    rev = source_revision()
-    if (Path(kdbench.__file__).resolve().parents[1] / ".git").exists():
-        assert rev is not None and re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev), rev
-    else:   # an installed copy: no checkout to name
-        assert rev is None
+    module = sys.modules[source_revision.__module__]           # the module whose __file__ it reads
+    here = Path(module.__file__).resolve().relative_to(Path(kdbench.__file__).resolve().parents[1])
+    forget = getattr(source_revision, "cache_clear", lambda: None)      # it may be cached per process
+
+    def revision_of(tree):
+        monkeypatch.setattr(module, "__file__", str(tree / here))
+        forget()
+        return source_revision()
+
+    try:
+        repo = tmp_path / "repo"
+        for part in ("kdbench", "distillers", "benchmarks"):
+            (repo / part).mkdir(parents=True)
+            (repo / part / "code.py").write_text("x = 1\n")
+        _git(repo, "init", "-q")
+        _git(repo, "add", ".")
+        _git(repo, "commit", "-q", "-m", "test")
+        head = _git(repo, "rev-parse", "--short=12", "HEAD")
+        assert re.fullmatch(r"[0-9a-f]{12}", head)
+        assert revision_of(repo) == head
+        (repo / "notes.txt").write_text("untracked, outside the source")
+        assert revision_of(repo) == head
+        (repo / "distillers" / "code.py").write_text("x = 1 + 1\n")     # another size: no racy stat
+        assert revision_of(repo) == head + "+dirty"
+        installed = tmp_path / "installed"
+        shutil.copytree(repo, installed, ignore=shutil.ignore_patterns(".git"))
+        assert revision_of(installed) is None
+    finally:
+        forget()           # later callers see the real tree again (monkeypatch restores __file__)

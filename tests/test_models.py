@@ -1,6 +1,7 @@
 """Tests of kdbench.models: the family table, FeatureModel (features, logits, pre-hooks, probe), the zoo."""
 
 import functools
+import sys
 
 import pytest
 import timm
@@ -8,8 +9,10 @@ import torch
 
 from kdbench.config import load_preset, preset_names
 from kdbench.errors import UsageError
-from kdbench.models import FAMILIES, FeatureModel, create_feature_model, create_model, family_of
-from kdbench.models.zoo import SCALED_MODELS
+from kdbench.models import (FAMILIES, FeatureModel, checkpoint_filter, create_feature_model, create_model, family_of,
+                            family_of_name, recipe_kind_of)
+from kdbench.models.families import family_of_prefix
+from kdbench.models.zoo import PREFIX, SCALED_MODELS
 
 # Channels of each dataset (synthetic ones take theirs from the preset's data section).
 _DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet": 3}
@@ -392,3 +395,88 @@ def test_clone_is_independent_and_has_its_own_stage_hooks():
         with fm.stage_inputs({0: lambda t: t * 0}):
             assert torch.equal(twin(x)[0], ref)
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(fm.parameters(), twin.parameters()))
+
+
+# ----------------------------------------------------------------------------- classification by name (meta device)
+
+ALL_MEMBERS = MEMBERS + OTHER_MEMBERS
+
+
+def _old_filter_lookup(model):
+    """How teachers.py found the checkpoint filter before the family table had the column."""
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+
+
+def test_all_members_cover_presets_and_zoo():
+    names = {p.values[0] for p in ALL_MEMBERS}
+    assert set(SCALED_MODELS) <= names
+    assert {m for n in preset_names() for m in load_preset(n).models.values()} <= names
+
+
+@pytest.mark.parametrize("name,img_size,in_chans", ALL_MEMBERS)
+def test_family_of_name_on_meta(name, img_size, in_chans):
+    """Classification by name builds on the meta device (no random draws: no real weights are made),
+    and agrees with the family of a real build (small members) and with the row's name prefixes."""
+    rng = torch.random.get_rng_state()
+    family = family_of_name.__wrapped__(name, img_size)          # uncached: really builds it
+    assert torch.equal(torch.random.get_rng_state(), rng), "classification initialised real weights"
+    assert family_of_name(name, img_size) is family
+    assert family_of_prefix(name[len(PREFIX):] if name.startswith(PREFIX) else name) is family
+    if name.startswith(PREFIX):
+        real = create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)
+        assert next(real.parameters()).device.type == "cpu"
+        assert family_of(real) is family
+        assert checkpoint_filter(real) is _old_filter_lookup(real)
+    else:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)
+        assert checkpoint_filter(model) is _old_filter_lookup(model)
+
+
+def test_recipe_kind_of():
+    expected = {"resnet18": "cnn", "resnet50": "cnn", "mobilenetv2_100": "cnn", "convnext_tiny": "vit_mlp",
+                "vit_small_patch16_224": "vit_mlp", "deit_tiny_patch16_224": "vit_mlp",
+                "swin_tiny_patch4_window7_224": "vit_mlp", "swin_pico_patch4_window7_224": "vit_mlp",
+                "swin_nano_patch4_window7_224": "vit_mlp", "mixer_b16_224": "vit_mlp", "resmlp_12_224": "vit_mlp"}
+    assert {n: recipe_kind_of(n, 224) for n in expected} == expected
+    for preset_name in preset_names():
+        preset = load_preset(preset_name)
+        for paper, member in preset.models.items():    # a scaled member trains with its paper model's recipe
+            assert recipe_kind_of(member, preset.data.img_size) == expected[paper], (preset_name, member)
+
+
+def test_family_of_name_errors_and_cache():
+    with pytest.raises(UsageError, match="kdbench_resnet18_s"):
+        family_of_name("kdbench_resnet18_sx", 32)
+    with pytest.raises(UsageError, match="no supported family"):
+        family_of_name("regnetx_002", 224)
+    family_of_name.cache_clear()
+    family_of_name("kdbench_resnet18_xs", 16)
+    family_of_name("kdbench_resnet18_xs", 16)
+    assert family_of_name.cache_info().hits == 1 and family_of_name.cache_info().misses == 1
+
+
+def test_family_rows_name_real_timm_attributes():
+    import importlib
+    for family in FAMILIES.values():
+        if family.checkpoint_filter_module:
+            assert callable(importlib.import_module(family.checkpoint_filter_module).checkpoint_filter_fn)
+        assert family.name_prefixes
+    assert checkpoint_filter(timm.create_model("kdbench_resnet18_xs", num_classes=10)) is None
+    import timm.models.swin_transformer as swin
+    assert checkpoint_filter(timm.create_model("kdbench_swin_p_xs", num_classes=10)) is swin.checkpoint_filter_fn
+
+
+@pytest.mark.parametrize("name,img_size,in_chans", ALL_MEMBERS)
+def test_feature_model_widths(name, img_size, in_chans):
+    """`num_features` is the width of the pooled feature the classifier reads; `prefix_tokens` the
+    prefix of every stage feature (from the family row, no probe needed)."""
+    with torch.device("meta"):
+        fm = create_feature_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)
+        x = torch.empty(2, in_chans, img_size, img_size)
+    fm.eval()
+    pooled = fm.model.forward_head(fm.model.forward_features(x), pre_logits=True)
+    assert fm.num_features == pooled.shape[-1] == fm.model.num_features
+    assert all(s.prefix_tokens == fm.prefix_tokens for s in fm.stage_specs)
+    if name.startswith(("vit_", "deit_", PREFIX + "vit_", PREFIX + "deit_")):
+        assert fm.prefix_tokens == 1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from distillers.pat import FAITHFUL_ITEMS, PAT, PATConfig, PromptBlock, RegionProjector
+from kdbench.context import RunContext, SILENT
 from kdbench.cli import main
 from kdbench.config import load_preset
 from kdbench.engine import Trainer, make_criterion, resolve_device
@@ -229,7 +230,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     torch.manual_seed(123)
     teacher = create_feature_model(run.teacher, num_classes=10, in_chans=3, img_size=16)
 
-    full = Trainer(run, tmp_path / "full", device=device, teacher=teacher, log=lambda s: None).fit()
+    full = Trainer(run, tmp_path / "full", device=device, teacher=teacher, context=SILENT).fit()
 
     class Stop(Exception):
         pass
@@ -238,13 +239,13 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
         if "epoch 1/2" in msg:
             raise Stop
     with pytest.raises(Stop):
-        Trainer(run, tmp_path / "cut", device=device, teacher=teacher, log=stop_after_first_epoch).fit()
-    resumed = Trainer(run, tmp_path / "cut", device=device, teacher=teacher, log=lambda s: None)
+        Trainer(run, tmp_path / "cut", device=device, teacher=teacher, context=RunContext(sink=stop_after_first_epoch)).fit()
+    resumed = Trainer(run, tmp_path / "cut", device=device, teacher=teacher, context=SILENT)
     rec = resumed.fit()
     timing = ("img_per_s",)
     strip = [{k: v for k, v in h.items() if k not in timing} for h in resumed.history]
     assert strip == [{k: v for k, v in h.items() if k not in timing} for h in full_history(tmp_path / "full")]
-    assert rec["top1"] == full["top1"] and rec["top5"] == full["top5"]
+    assert rec.top1 == full.top1 and rec.top5 == full.top5
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["distiller"]
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["distiller"]
     assert a.keys() == b.keys()
@@ -273,8 +274,9 @@ def test_ablation_switches():
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("distiller.num_queries=48", "4 x a square"), ("distiller.feedback=later", "feedback must be one of"),
-    ("distiller.faithful_items=[pe_by_token]", "unknown faithful_items"), ("distiller.dim=30", "multiple of heads"),
+    ("distiller.num_queries=48", "4 x a square"), ("distiller.feedback=later", "distiller.feedback: must be one of"),
+    ("distiller.faithful_items=[pe_by_token]", "'pe_by_token' in distiller.faithful_items"),
+    ("distiller.dim=30", "multiple of heads"),
     ("distiller.afp_stages=[0]", "afp_stages")])
 def test_bad_pat_settings_exit_2(setting, message, tmp_path, capsys):
     code = main(["run", "--distiller", "pat", "--pairs", "all", "--preset", "smoke", "--out", str(tmp_path / "r"),

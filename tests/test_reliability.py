@@ -4,6 +4,7 @@ safety (weights_only, safetensors) and bad teacher checkpoints."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdbench.context import SILENT
 from kdbench.cli import main
 from kdbench.config import load_preset
 from kdbench.errors import UsageError
@@ -89,9 +91,10 @@ def test_held_elsewhere_sees_live_owners_only(tmp_path):
 TWO_TEACHERS = PAIR + ",kdbench_convnext_t_xs:kdbench_deit_t_xs"
 
 
-def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(smoke_out, capsys, monkeypatch):
     """While another process trains the first teacher, the grid runs the second teacher's cells first
-    (then comes back; here the other process is gone by then)."""
+    (then comes back; here the other process is gone by then). The teachers are the session's."""
     import kdbench.teachers as teachers
     checked = []
 
@@ -100,7 +103,7 @@ def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(tmp_pat
         return teacher == "kdbench_vit_s_xs" and checked.count(teacher) <= 2     # busy for a while
     monkeypatch.setattr(teachers, "teacher_in_use", in_use)
     code = main(["run", "--distiller", "kd", "--pairs", TWO_TEACHERS, "--preset", "smoke", "--seeds", "2",
-                 "--out", str(tmp_path / "runs")])
+                 "--out", str(smoke_out(TWO_TEACHERS))])
     err = capsys.readouterr().err
     cells = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("[") and "] kd " in line]
     assert code == 0 and len(cells) == 4
@@ -109,6 +112,7 @@ def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(tmp_pat
         ["[1/4", "[2/4", "[3/4", "[4/4"]
 
 
+@pytest.mark.slow
 def test_workers_share_one_grid(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "kd", "--pairs", TWO_TEACHERS,
@@ -136,10 +140,13 @@ def test_bad_workers_requests_exit_2(tmp_path, capsys, extra):
 
 # ----------------------------------------------------------------------------- interruption
 
+SETS = ("recipe.epochs=3", "data.synthetic_train=2048")     # the interrupted runs' (and their teacher's)
+
+
 def _cli(out, *extra):
+    sets = [arg for item in SETS for arg in ("--set", item)]
     return [sys.executable, "-m", "kdbench", "run", "--distiller", "kd", "--pairs", PAIR, "--preset", "smoke",
-            "--seeds", "1", "--out", str(out), "--set", "recipe.epochs=3", "--set", "data.synthetic_train=2048",
-            *extra]
+            "--seeds", "1", "--out", str(out), *sets, *extra]
 
 
 def _cell(out):
@@ -155,8 +162,9 @@ def _outcome(out):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, smoke_teachers):
     out = tmp_path_factory.mktemp("full")
+    shutil.copytree(smoke_teachers.teachers(PAIR, SETS), out / "teachers")
     proc = subprocess.run(_cli(out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return _outcome(out)
@@ -173,8 +181,8 @@ def _start_and_wait_for_training(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_a_checkpoint_and_the_rerun_matches(tmp_path, uninterrupted, sig, code):
-    out = tmp_path / "runs"
+def test_signal_saves_a_checkpoint_and_the_rerun_matches(smoke_out, uninterrupted, sig, code):
+    out = smoke_out(PAIR, *SETS)
     proc = _start_and_wait_for_training(out)
     time.sleep(0.2)                                   # somewhere inside epoch 1 or 2
     proc.send_signal(sig)
@@ -192,8 +200,8 @@ def test_signal_saves_a_checkpoint_and_the_rerun_matches(tmp_path, uninterrupted
 
 
 @pytest.mark.slow
-def test_kill_9_loses_at_most_the_current_epoch_and_the_rerun_matches(tmp_path, uninterrupted):
-    out = tmp_path / "runs"
+def test_kill_9_loses_at_most_the_current_epoch_and_the_rerun_matches(smoke_out, uninterrupted):
+    out = smoke_out(PAIR, *SETS)
     proc = _start_and_wait_for_training(out)
     time.sleep(0.2)
     proc.kill()
@@ -224,7 +232,7 @@ def zoo(tmp_path):
 def _load(tmp_path, zoo, **tcfg_changes):
     preset, data, tcfg, _ = zoo
     return get_teacher(preset, TEACHER, data, dataclasses.replace(tcfg, **tcfg_changes), out=tmp_path / "out",
-                       device=CPU, log=lambda s: None)
+                       device=CPU, context=SILENT)
 
 
 class _Payload:
@@ -311,7 +319,7 @@ def test_released_checkpoints_in_old_layouts_load_strictly(tmp_path, arch, conve
     assert set(old) != set(model.state_dict())
     torch.save({"state_dict": old}, zoo / f"{paper}_cifar100.pth")
     tcfg = dataclasses.replace(preset.teacher, source="checkpoint", checkpoint_dir=str(zoo), min_top1=0.0)
-    fm, manifest = get_teacher(preset, arch, data, tcfg, out=tmp_path / "out", device=CPU, log=lambda s: None)
+    fm, manifest = get_teacher(preset, arch, data, tcfg, out=tmp_path / "out", device=CPU, context=SILENT)
     for k, v in model.state_dict().items():
         assert torch.equal(fm.model.state_dict()[k], v), k
-    assert manifest["architecture"] == arch and 0 <= manifest["top1"] <= 100
+    assert manifest.architecture == arch and 0 <= manifest.top1 <= 100

@@ -4,6 +4,7 @@ import argparse
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from scipy import stats as st
 
 from kdbench import report, stats
 from kdbench.errors import UsageError
-from kdbench.results import atomic_write_json
+from kdbench.results import RunRecord, write_record
 
 SWIN_R18 = ("kdbench_swin_t_s", "kdbench_resnet18_s")          # tiny preset: pair 1 (CNN students)
 CONV_RESMLP = ("kdbench_convnext_t_s", "kdbench_resmlp_s12_s")  # pair 11 (ViT-MLP students)
@@ -30,10 +31,10 @@ TOP1 = {
 
 
 def record(preset, pair, distiller, seed, top1, **kw):
-    return {"schema": 1, "status": "done", "error": None, "distiller": distiller, "teacher": pair[0],
-            "student": pair[1], "preset": preset, "dataset": "fashion-mnist", "seed": seed, "top1": top1,
-            "top5": 99.0, "best_top1": top1 + 0.5, "teacher_top1": 88.0, "epochs": 2, "wall_s": 1.0,
-            "extra_params": 0, "config_hash": f"h-{distiller}", **kw}
+    fields = dict(status="done", distiller=distiller, teacher=pair[0], student=pair[1], preset=preset,
+                  dataset="fashion-mnist", seed=seed, top1=top1, top5=99.0, best_top1=top1 + 0.5, teacher_top1=88.0,
+                  epochs=2, wall_s=1.0, extra_params=0, config_hash=f"h-{distiller}")
+    return RunRecord(**{**fields, **kw})
 
 
 def write(root, preset, pair, distiller, seed, rec=None):
@@ -42,7 +43,7 @@ def write(root, preset, pair, distiller, seed, rec=None):
         d.mkdir(parents=True)
         (d / "checkpoint.pt").write_bytes(b"\0")
     else:
-        atomic_write_json(d / "result.json", rec)
+        write_record(d, rec)
     return d
 
 
@@ -53,8 +54,9 @@ def runs(tmp_path):
             for seed, v in enumerate(values):
                 if v is not None:
                     write(tmp_path, "tiny", pair, distiller, seed, record("tiny", pair, distiller, seed, v))
-    failed = {k: v for k, v in record("tiny", SWIN_R18, "fitnet", 2, 0.0).items() if "top" not in k}
-    write(tmp_path, "tiny", SWIN_R18, "fitnet", 2, {**failed, "status": "failed", "error": "RuntimeError: boom"})
+    failed = RunRecord(status="failed", error="RuntimeError: boom", distiller="fitnet", teacher=SWIN_R18[0],
+                       student=SWIN_R18[1], preset="tiny", dataset="fashion-mnist", seed=2, config_hash="h-fitnet")
+    write(tmp_path, "tiny", SWIN_R18, "fitnet", 2, failed)
     write(tmp_path, "tiny", MIXER_DEIT, "dkd", 3)            # unfinished seed 3
     (tmp_path / "teachers" / "tiny" / "kdbench_swin_t_s" / "train-x").mkdir(parents=True)   # ignored
     return tmp_path
@@ -105,6 +107,18 @@ def test_failed_and_unfinished_runs_are_listed_not_averaged(runs):
         ("failed", "tiny/kdbench_swin_t_s__kdbench_resnet18_s/fitnet/seed2"),
         ("unfinished", "tiny/kdbench_mixer_b_s__kdbench_deit_t_s/dkd/seed3")]
     assert t.problems[0]["error"] == "RuntimeError: boom"
+
+
+def test_half_written_and_foreign_records_are_listed_not_averaged(runs):
+    pair_dir = runs / "tiny" / f"{CONV_RESMLP[0]}__{CONV_RESMLP[1]}"
+    (pair_dir / "kd" / "seed0" / "result.json").write_text('{"schema": 1, "status": "do')      # cut short
+    (pair_dir / "dkd" / "seed0" / "result.json").write_text(json.dumps({"schema": 0, "top1": 99.0}))
+    t = report.collect(runs)
+    errors = {p["dir"].split("/", 2)[2]: p["error"] for p in t.problems if p["status"] == "unreadable"}
+    assert errors["kd/seed0"] == "result.json is not valid JSON"
+    assert "dkd/seed0/result.json is not a kdbench run record of schema 1 (found schema 0)" in errors["dkd/seed0"]
+    for d in ("kd", "dkd"):
+        assert cell(t, CONV_RESMLP, d).failed == 1 and 0 not in cell(t, CONV_RESMLP, d).values
 
 
 def test_across_pairs_gain_and_ranks(runs):
@@ -250,7 +264,7 @@ def test_cd_plot_needs_rankable_data(tmp_path):
     write(tmp_path, "tiny", SWIN_R18, "kd", 0, record("tiny", SWIN_R18, "kd", 0, 70.0))
     with pytest.raises(UsageError, match="cannot draw a CD diagram"):
         report.plot_cd(report.collect(tmp_path), tmp_path / "cd.png")
-    assert report.plot_paths("x/lb") == (report.Path("x/lb.png"), report.Path("x/lb-pairs.png"))
+    assert report.plot_paths("x/lb") == (Path("x/lb.png"), Path("x/lb-pairs.png"))
 
 
 def test_seeds_of_one_cell_are_one_configuration(tmp_path):

@@ -114,6 +114,19 @@ class FeatureModel(nn.Module):
             return f.flatten(2).transpose(1, 2)
         return f
 
+    # -- widths the family row names ------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        """Width of the final pooled feature (what the classifier reads)."""
+        return int(getattr(self.model, self.family.num_features_attr))
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Class/distillation tokens before the patch tokens (0 for map families, Swin and Mixer);
+        the same count as every stage spec's `prefix_tokens`."""
+        attr = self.family.prefix_tokens_attr
+        return int(getattr(self.model, attr)) if attr else 0
+
     # -- stage-input transforms (forward pre-hooks) -----------------------------------------
     @contextlib.contextmanager
     def stage_inputs(self, transforms: Dict[int, StageTransform]):

@@ -20,7 +20,8 @@ from torch import nn
 PREFIX = "kdbench_"
 
 
-def _cnn(name, img_size=None, **kwargs):
+def _cnn(name, variant=None, img_size=None, **kwargs):
+    """A timm CNN by its registered name (the member's own name and image size are not its arguments)."""
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
@@ -53,7 +54,7 @@ def _convnext(dims, depths, stem_stride=1, **kwargs):
     return model
 
 
-def _vit(arch, embed_dim, depth, heads, img_size=32, **kwargs):
+def _vit(arch, embed_dim, depth, heads, img_size=32, variant=None, **kwargs):
     return timm.create_model(arch, pretrained=False, img_size=img_size, patch_size=4, embed_dim=embed_dim,
                              depth=depth, num_heads=heads, mlp_ratio=2.0, **kwargs)
 
@@ -92,7 +93,8 @@ def swin_nano_patch4_window7_224(pretrained=False, **kwargs):
     return _swin(64, (2, 4, 8, 16), "swin_nano_patch4_window7_224", pretrained, **kwargs)
 
 
-# Scaled members: (builder, kwargs) per scale; registered below as kdbench_<member>_<scale>.
+# Scaled members: (builder, kwargs) per scale; registered below as kdbench_<member>_<scale>. Every
+# builder is called with `variant=<registered name>` (used by those that build a timm class directly).
 _SMALL_SWIN = dict(patch_size=4, drop_path_rate=0.0)
 _XS_SWIN = dict(patch_size=2, drop_path_rate=0.0)
 MEMBERS = {
@@ -141,9 +143,7 @@ def _entrypoint(name, builder, defaults):
     def create(pretrained=False, **kwargs):
         if pretrained:
             raise ValueError(f"{name} has no pretrained weights")
-        if builder in (_swin, _mixer):
-            kwargs["variant"] = name
-        return builder(**{**defaults, **kwargs})
+        return builder(**{**defaults, **kwargs, "variant": name})
     create.__name__ = name
     create.__qualname__ = name
     create.__module__ = __name__

@@ -1,0 +1,18 @@
+"""The project's data files (presets, pair sets, published numbers), found beside the installed
+`kdbench` package, never through `import benchmarks`: a folder named `benchmarks` in the user's
+working directory must not shadow them."""
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def asset(*parts: str) -> Path:
+    """A file or folder of the installed `benchmarks` package, e.g. asset("presets", "tiny.yaml")."""
+    return ROOT.joinpath(*parts)
+
+
+def read_yaml(*parts: str):
+    return yaml.safe_load(asset(*parts).read_text())

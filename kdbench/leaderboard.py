@@ -1,0 +1,258 @@
+"""The leaderboard's table model: run records -> `Table` with every statistic (DESIGN.md §8).
+
+`collect` reads `<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>/` through `kdbench.results`
+and computes every statistic; `kdbench.render` (text formats) and `kdbench.plots` (figures) only
+format a Table. `kdbench.report` is the `kdbench leaderboard` command.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+from . import stats
+from .assets import read_yaml
+from .errors import UsageError, unknown_choice
+from .results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record_file, read_record
+
+FIRST = ("vanilla", "kd")                       # column order: these, then the rest alphabetically
+BASELINE = "vanilla"
+ALPHA = 0.05
+PUBLISHED_SECTION = {"paper": "cifar100", "imagenet": "imagenet"}   # presets that reproduce a paper table
+GROUPS = {"cnn-students": "CNN students", "vit-mlp-students": "ViT-MLP students",
+          "imagenet-cnn-students": "CNN students", "imagenet-vit-students": "ViT students",
+          "imagenet-mlp-students": "MLP students", "custom": "Other pairs"}
+
+
+@dataclass
+class Cell:
+    """One (pair, distiller): per-seed top-1 of done runs, their summary and the test against the reference."""
+
+    distiller: str
+    values: Dict[int, float] = field(default_factory=dict)       # seed -> final-epoch top-1
+    best: Dict[int, float] = field(default_factory=dict)         # seed -> best-epoch top-1 (flagged)
+    hashes: set = field(default_factory=set)
+    failed: int = 0
+    unfinished: int = 0
+    summary: Optional[stats.Summary] = None
+    comparison: Optional[stats.Comparison] = None
+    published: Optional[float] = None
+    published_src: Optional[str] = None
+    best_in_row: bool = False
+
+    @property
+    def mean(self):
+        return self.summary.mean if self.summary else None
+
+    @property
+    def gap(self):
+        return None if self.published is None or self.mean is None else self.mean - self.published
+
+
+@dataclass
+class Row:
+    teacher: str                 # preset-scale names, as in the run directories
+    student: str
+    paper_teacher: str
+    paper_student: str
+    group: str
+    cells: Dict[str, Cell] = field(default_factory=dict)
+    teacher_top1: Optional[float] = None
+
+    @property
+    def label(self):
+        return f"{self.teacher} → {self.student}"
+
+
+@dataclass
+class Table:
+    out: str
+    preset: str
+    dataset: Optional[str]
+    reference: Optional[str]
+    distillers: List[str]
+    rows: List[Row]
+    problems: List[dict]                      # failed / unfinished / unreadable runs: never averaged
+    gains: Dict[str, dict] = field(default_factory=dict)     # set by _compute
+    friedman: Optional[stats.Friedman] = None
+    published_protocol: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+
+
+# -- collect ---------------------------------------------------------------------------------------
+def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = None, *,
+            pairs: Optional[str] = None, distillers: Optional[str] = None) -> Table:
+    """Load the records of one preset under `out_dir` and compute all statistics.
+
+    `preset` may be omitted when `out_dir` holds one preset; `reference` defaults to `kd` when
+    it was run (otherwise no significance tests). `pairs` (a `--pairs` spec) and `distillers`
+    (comma-separated names) restrict the table, e.g. to the pairs every distiller has run."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        raise UsageError(f"results directory '{root}' does not exist; pass the --out of `kdbench run`")
+    seed_dirs = [d for d in sorted(root.glob("*/*__*/*/seed*"))
+                 if d.is_dir() and d.name[4:].isdigit() and d.parts[-4] != "teachers"]
+    found = sorted({d.parts[-4] for d in seed_dirs})
+    if not found:
+        hint = " (it looks like a preset directory: pass its parent)" if any(root.glob("*__*/*/seed*")) else ""
+        raise UsageError(f"no run records under '{root}'{hint}; expected "
+                         f"<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>/{RESULT_FILE}")
+    if preset is None:
+        if len(found) > 1:
+            raise UsageError(f"'{root}' holds results of several presets; choose one with --preset: "
+                             f"{', '.join(found)}")
+        preset = found[0]
+    elif preset not in found:
+        raise unknown_choice(f"preset with results under '{root}'", preset, found)
+
+    order, by_scaled = _pair_order(preset)
+    keep_pair, keep_distiller = _filters(root / preset, preset, seed_dirs, pairs, distillers)
+    rows: Dict[tuple, Row] = {}
+    problems, datasets = [], set()
+    for d in (d for d in seed_dirs if d.parts[-4] == preset):
+        teacher, _, student = d.parts[-3].partition("__")
+        if not (keep_pair(teacher, student) and keep_distiller(d.parts[-2])):
+            continue
+        if (teacher, student) not in rows:
+            pair = order.get((teacher, student))
+            rows[(teacher, student)] = Row(teacher, student, by_scaled.get(teacher, teacher),
+                                           by_scaled.get(student, student),
+                                           GROUPS.get(pair[1].set if pair else "custom", GROUPS["custom"]))
+        row = rows[(teacher, student)]
+        problem = _add_run(row, row.cells.setdefault(d.parts[-2], Cell(d.parts[-2])), d, datasets)
+        if problem:
+            problems.append({"status": problem[0], "dir": str(d.relative_to(root)), "error": problem[1]})
+    rows_sorted = sorted(rows.values(), key=lambda r: (order.get((r.teacher, r.student), (len(order),))[0],
+                                                       r.teacher, r.student))
+    names = sorted({d for r in rows_sorted for d in r.cells},
+                   key=lambda d: (FIRST.index(d) if d in FIRST else len(FIRST), d))
+    if reference is None:
+        reference = "kd" if "kd" in names else None
+    elif reference not in names:
+        raise unknown_choice(f"reference distiller (runs under '{root / preset}')", reference, names)
+    problems.sort(key=lambda p: (p["status"], p["dir"]))
+    table = Table(str(root), preset, ", ".join(sorted(str(x) for x in datasets)) or None, reference, names,
+                  rows_sorted, problems)
+    _compute(table)
+    _attach_published(table)
+    return table
+
+
+def _filters(where: Path, preset: str, seed_dirs, pairs: Optional[str], distillers: Optional[str]):
+    """Predicates for the --pairs and --distillers restrictions (everything when not given)."""
+    keep_pair = keep_distiller = lambda *_: True
+    if pairs:
+        from .config import load_preset, preset_names
+        from .grid import resolve_pairs
+        if preset not in preset_names():
+            raise UsageError(f"--pairs needs a built-in preset's pair names; '{preset}' is not one")
+        p = load_preset(preset)
+        wanted = {pair.scaled(p) for pair in resolve_pairs(pairs, p)}
+        keep_pair = lambda t, s: (t, s) in wanted   # noqa: E731
+    if distillers:
+        have = sorted({d.parts[-2] for d in seed_dirs if d.parts[-4] == preset})
+        wanted_d = [x.strip() for x in distillers.split(",") if x.strip()]
+        for name in wanted_d:
+            if name not in have:
+                raise unknown_choice(f"distiller with runs under '{where}'", name, have)
+        keep_distiller = lambda name: name in wanted_d   # noqa: E731
+    return keep_pair, keep_distiller
+
+
+
+def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
+    """Add one seed directory to its cell; returns (status, error) for a run that is not averaged."""
+    try:
+        rec = read_record(d)
+    except RecordError as exc:                  # another schema, or not a kdbench record
+        cell.failed += 1
+        return "unreadable", str(exc)
+    if rec is None:
+        if has_record_file(d):
+            cell.failed += 1
+            return "unreadable", f"{RESULT_FILE} is not valid JSON"
+        cell.unfinished += 1
+        return "unfinished", f"{CHECKPOINT}, no {RESULT_FILE}" if (d / CHECKPOINT).exists() else f"no {RESULT_FILE}"
+    if rec.status != "done" or rec.top1 is None or not math.isfinite(rec.top1):
+        cell.failed += 1
+        return "failed", rec.error or f"status {rec.status!r} without a finite top1"
+    seed = int(d.name[4:])
+    cell.values[seed] = float(rec.top1)
+    if rec.best_top1 is not None:
+        cell.best[seed] = float(rec.best_top1)
+    cell.hashes.add(_config_without_seed(rec))
+    datasets.add(rec.dataset)
+    if rec.teacher_top1 is not None:
+        row.teacher_top1 = float(rec.teacher_top1)
+    return None
+
+
+def _config_without_seed(rec: RunRecord) -> str:
+    """Identity of a run's configuration apart from its seed (seeds of one cell differ by design)."""
+    if rec.config is None:
+        return str(rec.config_hash)
+    return json.dumps({k: v for k, v in rec.config.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def _pair_order(preset: str):
+    """(scaled teacher, student) -> (index, Pair) in the preset's pair-set order, and scaled -> paper name."""
+    from .config import load_preset, preset_names
+    from .grid import pair_sets
+    if preset not in preset_names():
+        return {}, {}
+    p = load_preset(preset)
+    sets = pair_sets()
+    candidates = sets.get(p.pairs, []) + sets["imagenet" if p.pairs == "all" else "all"]
+    order = {}
+    for pair in candidates:
+        if pair.teacher in p.models and pair.student in p.models:
+            order.setdefault(pair.scaled(p), (len(order), pair))
+    return order, {v: k for k, v in p.models.items()}
+
+
+def _compute(table: Table):
+    comparisons = []
+    for row in table.rows:
+        for cell in row.cells.values():
+            cell.summary = stats.summarize([cell.values[s] for s in sorted(cell.values)])
+            if len(cell.hashes) > 1:
+                table.notes.append(f"{row.label} {cell.distiller}: runs with {len(cell.hashes)} different "
+                                   "configurations (other than the seed) are averaged together")
+        ref = row.cells.get(table.reference)
+        for name, cell in row.cells.items():
+            if ref is not None and name != table.reference and cell.values and ref.values:
+                cell.comparison = stats.paired_compare(cell.values, ref.values)
+                comparisons.append(cell.comparison)
+        means = [c.mean for c in row.cells.values() if c.mean is not None]
+        for cell in row.cells.values():
+            cell.best_in_row = cell.mean is not None and cell.mean == max(means)
+    stats.holm_comparisons(comparisons)
+    means = [{d: c.mean for d, c in r.cells.items() if c.mean is not None} for r in table.rows]
+    table.gains = stats.average_gain(means, BASELINE) if BASELINE in table.distillers else {}
+    table.friedman = stats.friedman(means, table.distillers, ALPHA)
+
+
+@lru_cache(maxsize=None)
+def published_data() -> dict:
+    """benchmarks/published.yaml (published top-1 per pair and method, with V/R provenance)."""
+    return read_yaml("published.yaml")
+
+
+def _attach_published(table: Table):
+    section = PUBLISHED_SECTION.get(table.preset)
+    if section is None:
+        return
+    data = published_data()[section]
+    table.published_protocol = data.get("protocol")
+    for row in table.rows:
+        entry = next((p for p in data["pairs"] if (p["teacher"], p["student"]) ==
+                      (row.paper_teacher, row.paper_student)), {})
+        for name, cell in row.cells.items():
+            if name == BASELINE and row.paper_student in data.get("scratch", {}):
+                cell.published = data["scratch"][row.paper_student]["top1"]
+                cell.published_src = data["scratch"][row.paper_student]["src"]
+            elif name in entry:
+                cell.published, cell.published_src = entry[name]
