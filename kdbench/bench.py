@@ -32,13 +32,17 @@ def bench(args) -> List[Dict]:
     preset, data, runs, device = plan.preset, plan.data, plan.runs, plan.device
     num_classes, in_chans = dataset_geometry(data)
     rows, teachers = [], {}
+    # Counting parameters needs no weights: without timed steps, every model is built on the meta device.
+    build_on = device if timed else torch.device("meta")
     for run in runs:
         if run.teacher not in teachers:
             torch.manual_seed(0)
-            teachers = {run.teacher: create_feature_model(run.teacher, num_classes=num_classes, in_chans=in_chans,
-                                                          img_size=data.img_size).to(device)}
-        distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
-                                    teacher=teachers[run.teacher], device=device)
+            with build_on:
+                teachers = {run.teacher: create_feature_model(run.teacher, num_classes=num_classes,
+                                                              in_chans=in_chans, img_size=data.img_size)}
+        with build_on:
+            distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
+                                        teacher=teachers[run.teacher], device=build_on)
         row = {"pair": f"{run.teacher}:{run.student}", "teacher": run.teacher, "student": run.student,
                "distiller": run.distiller, "preset": preset.name, "device": str(device),
                "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,

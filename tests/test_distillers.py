@@ -355,3 +355,22 @@ def test_bench_passes_the_compile_flag_through(capsys):
     assert [r["compile"] for r in json.loads(capsys.readouterr().out)] == [True]
     assert main(args + ["--set", "compile=maybe"]) == 2
     assert "true or false" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fitnet", "reviewkd", "ofa", "pat"])
+def test_parameter_counts_on_the_meta_device_equal_a_real_build(capsys, name):
+    """`bench --steps 0` counts on the meta device (no weights); the counts are a real build's."""
+    from kdbench.config import load_preset
+    from kdbench.engine import build_distiller
+    from kdbench.grid import expand_runs, resolve_pairs
+    preset = load_preset("smoke")
+    pair = "kdbench_swin_t_xs:kdbench_mobilenetv2_xs"
+    assert main(["bench", "--preset", "smoke", "--pair", pair, "--distillers", name, "--steps", "0", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    run = expand_runs(preset, resolve_pairs(pair, preset), [name], [0], data=preset.data,
+                      teacher_cfg=preset.teacher, overrides={})[0]
+    teacher = create_feature_model(run.teacher, num_classes=10, in_chans=3, img_size=16)
+    real = build_distiller(run, num_classes=10, in_chans=3, img_size=16, teacher=teacher, device=torch.device("cpu"))
+    assert next(real.parameters()).device.type == "cpu"
+    assert (row["student_params"], row["extra_params"]) == (real.num_student_params, real.num_extra_params)
+    assert row["extra_params"] > 0
