@@ -75,7 +75,8 @@ def _unsafe_globals(path: Path):
     except Exception:  # noqa: BLE001 - legacy (non-zip) format: no opcode scan available
         return []
     allowed = {_name(g) for g in SAFE_GLOBALS}
-    return [g for g in found if g not in allowed]
+    # torch lists them in set order; name the most telling one first (a module's over a builtin)
+    return sorted((g for g in found if g not in allowed), key=lambda g: (g.startswith("builtins."), g))
 
 
 def _select(raw, use_ema: bool, path: Path):
