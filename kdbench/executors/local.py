@@ -33,10 +33,9 @@ class LocalExecutor:
     def run(self, plan: Plan) -> int:
         """The grid's exit status: 0, 1 if a cell failed, 128+signal if stopped."""
         dist, main = self.context.dist, self.context.dist.is_main
-        todo, skipped = self._todo(plan) if main else (None, None)
-        todo, skipped = dist.broadcast((todo, skipped))        # rank 0 read the records
-        if isinstance(todo, str):
-            raise UsageError(todo)
+        todo, skipped, error = dist.broadcast(self._todo(plan) if main else None)   # rank 0 reads the records
+        if error:
+            raise UsageError(error)
         self.log(f"kdbench: {len(plan.runs)} runs ({skipped} already done, {len(todo)} to run) on {plan.device}")
         # By teacher, so each teacher is trained (or loaded) once and reused. A cell whose teacher
         # another process is training right now waits its turn behind the other teachers' cells.
@@ -76,17 +75,19 @@ class LocalExecutor:
 
     # -- one cell ----------------------------------------------------------------------------
     def _todo(self, plan: Plan):
+        """(indices of the cells to run, cells already done, an error when a record disagrees)."""
         todo, skipped = [], 0
         for i, run in enumerate(plan.runs):
             rec = None if plan.fresh else read_record(plan.run_dir(run))
             if rec is not None and rec.status == "done":
                 if rec.config_hash != run.hash():
-                    return (f"{plan.run_dir(run) / RESULT_FILE} was produced with a different configuration (hash "
-                            f"{rec.config_hash} != {run.hash()}); use --fresh or another --out"), 0
+                    return [], 0, (f"{plan.run_dir(run) / RESULT_FILE} was produced with a different "
+                                   f"configuration (hash {rec.config_hash} != {run.hash()}); use --fresh or "
+                                   "another --out")
                 skipped += 1
                 continue
             todo.append(i)
-        return todo, skipped
+        return todo, skipped, None
 
     def _teacher_busy(self, plan: Plan, run: RunConfig) -> bool:
         from ..teachers import teacher_in_use
