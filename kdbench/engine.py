@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .context import LOCAL, RunContext
+from .curves import CurveLog, curve_every, merged_metrics
 from .config import RecipeConfig, RunConfig
 from .data import build_loaders
 from .errors import UsageError
@@ -238,16 +239,19 @@ class Trainer:
         if run.compile:
             self.forward = torch.compile(self.forward)
         self.epoch, self.step, self.history = 0, 0, []
+        self.curve = CurveLog(curve_every(r.log_every, self.total_steps), self.steps_per_epoch)
         reset_peak_memory(device)
         self.train_time, self.train_images, self.wall_before = 0.0, 0, 0.0
         self.partial = None          # progress inside an epoch, from a checkpoint saved on a stop request
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, wall: float, partial: Optional[dict] = None):
+        self.curve.flush(self.dist)         # every rank: a collective under DDP
         if not self.dist.is_main:
             return
         state = {"config_hash": self.run.hash(), "epoch": self.epoch, "step": self.step, "partial": partial,
-                 "history": self.history, "distiller": self.distiller.trainable_state(),
+                 "history": self.history, "curve": self.curve.state(),
+                 "distiller": self.distiller.trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -274,6 +278,7 @@ class Trainer:
         if state["rng_cuda"] is not None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.curve.load_state(state.get("curve"))
         self.train_time, self.train_images = state["train_time"], state["train_images"]
         self.wall_before = state["wall"]
         self.partial = state.get("partial")
@@ -310,6 +315,7 @@ class Trainer:
                 sums[k] = sums[k] + v if k in sums else v
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), self.step, bad_step)
             self.step += 1
+            self.curve.add(self.step, lr, out.losses, out.logits, targets)
             done += 1
             n += images.shape[0]
             bar.update()
@@ -359,7 +365,7 @@ class Trainer:
                 ema = evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
                 metrics.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
             self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(ips, 1),
+            row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(ips, 1),
                    "loss": {k: round(v, 6) for k, v in losses.items()}, **metrics}
             self.history.append(row)
             wall = self.wall_before + time.perf_counter() - t0
@@ -374,7 +380,7 @@ class Trainer:
 
     def write_metrics(self):
         if self.dist.is_main:
-            write_metrics(self.run_dir, self.history)
+            write_metrics(self.run_dir, merged_metrics(self.curve.rows, self.history))
 
     def record(self, wall: float) -> RunRecord:
         return RunRecord.done(

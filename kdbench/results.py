@@ -31,7 +31,7 @@ from .errors import UsageError
 
 SCHEMA = 1
 RESULT_FILE = "result.json"           # a run directory's record, written when the run ends
-METRICS_FILE = "metrics.jsonl"        # beside it: one JSON line per finished epoch
+METRICS_FILE = "metrics.jsonl"        # beside it: training-curve rows and one evaluation row per epoch
 CHECKPOINT = "checkpoint.pt"          # beside it while the run is unfinished (written by the engine)
 MANIFEST_FILE = "manifest.json"       # a teacher directory's manifest
 PROTOCOL = ("top1/top5: final-epoch test accuracy of the raw student (headline); best_top1: best "

@@ -151,7 +151,8 @@ def test_record_fields(tmp_path):
     assert rec.top5 >= rec.top1 and rec.best_top1 >= rec.top1
     assert set(rec.versions) >= {"kdbench", "source", "torch", "timm", "python", "device", "world_size"}
     assert rec.config["distiller"]["name"] == "vanilla"
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
 
 
 def _git(root, *args):
@@ -196,3 +197,30 @@ def test_records_name_the_source_revision(tmp_path, monkeypatch):
         assert revision_of(installed) is None
     finally:
         forget()           # later callers see the real tree again (monkeypatch restores __file__)
+
+
+def test_training_curve_windows_average_the_steps(tmp_path):
+    """metrics.jsonl's train rows: with log_every=1 one row per step whose mean over an epoch is the
+    epoch row's loss; with log_every=3 each row is the mean of its three steps, across epochs too."""
+    Trainer(smoke_run(log_every=1), tmp_path / "one", device=CPU, context=SILENT).fit()
+    Trainer(smoke_run(log_every=3), tmp_path / "three", device=CPU, context=SILENT).fit()
+    rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    one, three = rows("one"), rows("three")
+    steps = [r for r in one if r["kind"] == "train"]
+    assert [r["step"] for r in steps] == list(range(1, 17)) and [r["kind"] for r in one].count("epoch") == 2
+    assert one[8]["kind"] == "epoch" and one[8]["step"] == 8           # after the train row of its step
+    epoch1 = next(r for r in one if r["kind"] == "epoch")
+    assert sum(r["loss"]["gt"] for r in steps[:8]) / 8 == pytest.approx(epoch1["loss"]["gt"], abs=1e-5)
+    windows = [r for r in three if r["kind"] == "train"]
+    assert [r["step"] for r in windows] == [3, 6, 9, 12, 15]
+    for w in windows:
+        mean = sum(r["loss"]["gt"] for r in steps[w["step"] - 3:w["step"]]) / 3
+        assert w["loss"]["gt"] == pytest.approx(mean, abs=1e-5)
+        assert 0 <= w["train_top1"] <= 100 and w["epoch"] == pytest.approx(w["step"] / 8, abs=1e-4)
+    assert len([r for r in rows("one") if r["kind"] == "train"]) == 16
+
+
+def test_curve_default_keeps_about_fifty_points():
+    from kdbench.curves import curve_every
+    assert curve_every(0, 124) == 2 and 124 // curve_every(0, 124) == 62       # a tiny student run
+    assert curve_every(0, 300 * 391) == 2346 and curve_every(0, 10) == 1 and curve_every(7, 124) == 7

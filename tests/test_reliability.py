@@ -157,7 +157,7 @@ def _outcome(out):
     rec = json.loads((_cell(out) / "result.json").read_text())
     history = [json.loads(line) for line in (_cell(out) / "metrics.jsonl").read_text().splitlines()]
     for row in history:
-        row.pop("img_per_s")
+        row.pop("img_per_s", None)
     return {k: rec[k] for k in ("status", "top1", "top5", "best_top1", "teacher_top1", "config_hash")}, history
 
 
