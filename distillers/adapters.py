@@ -130,12 +130,11 @@ def merges_to(grid: int, target: int) -> int:
 
 
 def init_weights(m: nn.Module):
-    """The OFA/PAT projector init: conv kaiming-normal (fan_out), norms (1, 0), Linear
-    trunc-normal(0.02) with zero bias. Use as `module.apply(init_weights)`."""
+    """The OFA/PAT projector init (`init_weights` in both repositories' distillers/utils.py): conv
+    kaiming-normal (fan_out, ReLU gain) with the bias left at PyTorch's default, as there; norms
+    (1, 0); Linear trunc-normal(0.02) with zero bias. Use as `module.apply(init_weights)`."""
     if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)

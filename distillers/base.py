@@ -46,6 +46,7 @@ class Distiller(nn.Module):
     """
 
     Config = TaskConfig
+    display_name = ""                   # the paper's name, in tables people read ("" = the registry name)
     requires_teacher = True
     find_unused_parameters = False      # DDP: set where some parameters skip a step (cheaper: `idle_parameters`)
 

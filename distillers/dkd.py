@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 
 from kdbench.registry import register_distiller
-from kdbench.validators import non_negative, positive
+from kdbench.validators import non_negative, opt_in, positive
 
 from .base import Distiller, DistillOutput, TaskConfig
-from .losses import dkd_loss
+from .losses import dkd_loss, standardize_logits
 
 
 @dataclass
@@ -19,6 +19,7 @@ class DKDConfig(TaskConfig):
     beta: float = 2.0
     temperature: float = 1.0
     warmup_epochs: float = 0.0     # the loss weight ramps linearly over these epochs (0: off)
+    logit_standardization: bool = opt_in(False)   # LSKD: z-score both sides' logits first
 
     def __post_init__(self):
         positive("distiller.temperature", self.temperature)
@@ -27,12 +28,15 @@ class DKDConfig(TaskConfig):
 
 @register_distiller("dkd")
 class DKD(Distiller):
+    display_name = "DKD"
     Config = DKDConfig
 
     def forward(self, images, labels):
         cfg = self.cfg
         logits = self.student.logits(images)
-        t_logits = self.teacher_logits(images)
-        dkd = dkd_loss(logits, t_logits, labels, cfg.alpha, cfg.beta, cfg.temperature)
+        z_s, z_t = logits, self.teacher_logits(images)
+        if cfg.logit_standardization:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
+        dkd = dkd_loss(z_s, z_t, labels, cfg.alpha, cfg.beta, cfg.temperature)
         return DistillOutput(logits, {"gt": self.gt_loss(logits, labels),
                                       "dkd": self.warmup(cfg.warmup_epochs, cfg.kd_weight) * dkd})

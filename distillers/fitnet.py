@@ -1,11 +1,14 @@
 """FitNet (Romero et al., 2015), heterogeneous: per-stage aligners + MSE (algorithms.md §2.3)."""
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
-from torch import nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
 
+from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
 from kdbench.validators import positive
 
@@ -34,6 +37,7 @@ class FitNet(Distiller):
     """Each student stage is mapped onto the teacher stage's grid and channels by one linear
     layer (1x1 conv, patchify or unpatchify, chosen from the stage specs); prefix tokens are
     left out on both sides. Loss: sum over stages of the MSE to the teacher's stage feature."""
+    display_name = "FitNet"
 
     Config = FitNetConfig
 
@@ -41,6 +45,8 @@ class FitNet(Distiller):
         super().__init__(student, teacher, cfg, **kw)
         s_specs, t_specs = student.stage_specs, teacher.stage_specs
         self.aligners = nn.ModuleDict({str(i): StageAligner(s_specs[i - 1], t_specs[i - 1]) for i in cfg.stages})
+        for i in cfg.stages:
+            official_init(self.aligners[str(i)], t_specs[i - 1])
 
     def forward(self, images, labels):
         logits, feats = self.student(images)
@@ -52,3 +58,27 @@ class FitNet(Distiller):
         if self.cfg.kd_weight:
             losses["kd"] = self.cfg.kd_weight * kd_loss(logits, t_logits, self.cfg.temperature)
         return DistillOutput(logits, losses)
+
+
+def official_init(aligner: StageAligner, teacher: StageSpec):
+    """Initialise `aligner` as the official FitNets do: both (OFA-KD's and the PAT repository's
+    heterogeneous one) apply `init_weights` to their aligners, which acts on the module that the
+    official code builds for the pair's shapes, so the equivalent here depends on that module:
+
+    - a Linear (token student, unless its tokens are merged onto a coarser map teacher):
+      trunc-normal(0.02) weight, zero bias;
+    - a conv (map student: 1x1, patch-embed or 1x1 before unpatchify; merged tokens: 1x1):
+      kaiming-normal (ReLU gain) over that conv's fan_out; the bias keeps PyTorch's default, which
+      `init_weights` leaves alone. Merged tokens go through a 1x1 conv officially, whose fan_out
+      is the teacher's width, not this patchify conv's width x kernel area.
+    """
+    proj = aligner.align.proj
+    merged = proj.stride[0] > 1
+    tokens = aligner.student.layout == "tokens"
+    if tokens and not (merged and teacher.layout == "map"):
+        trunc_normal_(proj.weight, std=0.02)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
+        return
+    fan_out = proj.out_channels * (1 if tokens else proj.kernel_size[0] * proj.kernel_size[1])
+    nn.init.normal_(proj.weight, 0.0, math.sqrt(2.0 / fan_out))

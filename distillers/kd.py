@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 
 from kdbench.registry import register_distiller
-from kdbench.validators import positive
+from kdbench.validators import opt_in, positive
 
 from .base import Distiller, DistillOutput, TaskConfig
-from .losses import kd_loss
+from .losses import kd_loss, standardize_logits
 
 
 @dataclass
@@ -16,6 +16,7 @@ class KDConfig(TaskConfig):
 
     kd_weight: float = 1.0
     temperature: float = 1.0
+    logit_standardization: bool = opt_in(False)   # LSKD: z-score both sides' logits first
 
     def __post_init__(self):
         positive("distiller.temperature", self.temperature)
@@ -23,12 +24,15 @@ class KDConfig(TaskConfig):
 
 @register_distiller("kd")
 class KD(Distiller):
+    display_name = "KD"
     Config = KDConfig
 
     def forward(self, images, labels):
         logits = self.student.logits(images)
-        teacher_logits = self.teacher_logits(images)
+        z_s, z_t = logits, self.teacher_logits(images)
+        if self.cfg.logit_standardization:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         return DistillOutput(logits, {
             "gt": self.gt_loss(logits, labels),
-            "kd": self.cfg.kd_weight * kd_loss(logits, teacher_logits, self.cfg.temperature),
+            "kd": self.cfg.kd_weight * kd_loss(z_s, z_t, self.cfg.temperature),
         })

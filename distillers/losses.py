@@ -6,6 +6,17 @@ import torch
 import torch.nn.functional as F
 
 
+LS_EPS = 1e-7          # LSKD's official epsilon, added to the standard deviation
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardisation (LSKD, Sun et al., CVPR 2024): each sample's logits minus their mean,
+    over their standard deviation (unbiased, as `torch.std`) plus LS_EPS. Applied to teacher and
+    student before the temperature softmax; the temperature is then LSKD's base temperature."""
+    z = _at_least_fp32(logits)
+    return (z - z.mean(dim=1, keepdim=True)) / (LS_EPS + z.std(dim=1, keepdim=True))
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton KD: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch-mean (algorithms.md §2.2)."""
     t = temperature

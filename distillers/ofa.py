@@ -9,11 +9,11 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from kdbench.registry import register_distiller
-from kdbench.validators import at_least, check, positive
+from kdbench.validators import at_least, check, opt_in, positive
 
 from .adapters import PatchMerging, init_weights, map_to_tokens, merges_to, split_prefix
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
-from .losses import ofa_loss
+from .losses import ofa_loss, standardize_logits
 
 
 @dataclass
@@ -31,6 +31,7 @@ class OFAConfig(TaskConfig):
     paper_form: bool = False
     final_grid: int = 7          # token branches merge down to about this grid (OFA: 7)
     branch_heads: int = 4
+    logit_standardization: bool = opt_in(False)   # LSKD: z-score student (branch) and teacher logits
 
     def __post_init__(self):
         check_stages(self.stages)
@@ -108,6 +109,7 @@ class TokenBranch(nn.Module):
 class OFA(Distiller):
     """Loss: gt + kd_weight * OFA(z_s, z_t; eps_logits) + ofa_weight * sum_s OFA(branch_s(F_s), z_t; eps_s).
     The teacher is used for its logits only; the branches are training-only extras."""
+    display_name = "OFA"
 
     Config = OFAConfig
 
@@ -138,4 +140,6 @@ class OFA(Distiller):
         return DistillOutput(logits, losses)
 
     def _ofa(self, z_s, z_t, labels, k):
+        if self.cfg.logit_standardization:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         return ofa_loss(z_s, z_t, labels, self.cfg.eps_of(k), self.cfg.temperature, self.cfg.paper_form)

@@ -194,6 +194,7 @@ class RegionToStage(nn.Module):
 # -- the distiller --------------------------------------------------------------------------
 @register_distiller("pat")
 class PAT(Distiller):
+    display_name = "PAT"
     Config = PATConfig
 
     def __init__(self, student, teacher, cfg: PATConfig, **kw):

@@ -11,6 +11,8 @@ from torch import nn
 
 from kdbench.models import StageSpec
 
+from .adapters import init_weights
+
 
 class SEBlock(nn.Module):
     """Squeeze-and-excitation, r = 16. Corrected: x * gate. Official: the gate alone (§3.6.3)."""
@@ -56,7 +58,10 @@ class PromptBlock(nn.Module):
         self.fb_align = None
         if with_feedback and (co, tuple(stage_out.grid)) != (c, tuple(stage_in.grid)):
             self.in_grid = tuple(stage_in.grid)
+            # officially built by the projector factory, which applies init_weights (conv kaiming-normal
+            # fan_out, BN (1, 0)); the fusion and prompt convs below keep PyTorch's defaults, as officially
             self.fb_align = nn.Sequential(nn.BatchNorm2d(co), nn.Conv2d(co, c, 1, bias=False))
+            self.fb_align.apply(init_weights)
         self.fuse = nn.Sequential(conv(2 * c, c), conv(c, c, 5), conv(c, c), SEBlock(c, gate_only), conv(c, c)) \
             if with_feedback else None
         self.prompt = nn.Sequential(conv(c, c, groups=g), conv(c, c, 5, groups=c), conv(c, c), SEBlock(c, gate_only),

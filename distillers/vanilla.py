@@ -7,6 +7,7 @@ from .base import Distiller, DistillOutput, TaskConfig
 
 @register_distiller("vanilla")
 class Vanilla(Distiller):
+    display_name = "From scratch"
     Config = TaskConfig
     requires_teacher = False
 

@@ -14,10 +14,12 @@ from .assets import asset
 from .data import DataConfig
 from .errors import UsageError, unknown_choice, user_error
 from .models.zoo import member_definition
-from .validators import at_least, in_range, is_hashed, non_negative, one_of, positive, unhashed
+from .validators import (at_least, in_range, is_hashed, non_negative, omitted_at_default, one_of, opt_in, positive,
+                         unhashed)
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
+TASK_METRICS = {"classification": "top1", "detection": "map"}      # a task's headline metric
 SCHEDULES = ("cosine", "step")
 
 
@@ -119,11 +121,18 @@ class RunConfig:
     teacher_config: TeacherConfig
     compile: bool = False
     precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | bf16 (autocast)
+    task: str = opt_in("classification")     # classification | detection (a preset's task)
     deterministic: bool = False  # deterministic CUDA kernels, no cuDNN autotuning (no effect on a CPU)
 
     def __post_init__(self):
         one_of("precision", self.precision, PRECISIONS)
+        one_of("task", self.task, TASK_METRICS)
         non_negative("seed", self.seed)
+
+    @property
+    def metric(self) -> str:
+        """The task's headline metric: top1 (classification) or map (detection, COCO mAP@[.5:.95])."""
+        return TASK_METRICS[self.task]
 
     def to_dict(self, full: bool = False) -> dict:
         """The run as JSON-ready data: `distiller` holds the method's name and its config; `models`
@@ -131,7 +140,8 @@ class RunConfig:
         `unhashed` are left out unless `full`."""
         d = {}
         for f in dataclasses.fields(self):
-            if f.name == "distiller_config" or not (full or is_hashed(f)):
+            if f.name == "distiller_config" or not (full or (is_hashed(f) and not omitted_at_default(
+                    f, getattr(self, f.name)))):
                 continue
             if f.name == "distiller":
                 d["distiller"] = {"name": self.distiller, **_plain(self.distiller_config, full)}
@@ -163,7 +173,7 @@ def _plain(value, full: bool):
     """`dataclasses.asdict`, less the unhashed fields (recursively) unless `full`."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name), full) for f in dataclasses.fields(value)
-                if full or is_hashed(f)}
+                if full or (is_hashed(f) and not omitted_at_default(f, getattr(value, f.name)))}
     if isinstance(value, tuple) and hasattr(value, "_fields"):      # a named tuple
         return type(value)(*(_plain(v, full) for v in value))
     if isinstance(value, (list, tuple)):

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 
 from . import stats
+from .across import Gain, gains_over
 from .assets import read_yaml
 from .errors import UsageError, unknown_choice
 from .results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record_file, read_record
@@ -25,6 +26,8 @@ PUBLISHED_SECTION = {"paper": "cifar100", "imagenet": "imagenet"}   # presets th
 GROUPS = {"cnn-students": "CNN students", "vit-mlp-students": "ViT-MLP students",
           "imagenet-cnn-students": "CNN students", "imagenet-vit-students": "ViT students",
           "imagenet-mlp-students": "MLP students", "custom": "Other pairs"}
+ALL_PAIRS = "all pairs"
+COSTS = ("wall_s", "train_img_per_s", "peak_mem_mb")          # per run; the cell reports their means
 
 
 @dataclass
@@ -35,6 +38,9 @@ class Cell:
     values: Dict[int, float] = field(default_factory=dict)       # seed -> final-epoch top-1
     best: Dict[int, float] = field(default_factory=dict)         # seed -> best-epoch top-1 (flagged)
     hashes: set = field(default_factory=set)
+    dirs: Dict[int, Path] = field(default_factory=dict)                # seed -> run directory (curves)
+    costs: Dict[str, Dict[int, float]] = field(default_factory=dict)   # COSTS name -> seed -> value
+    params: Dict[str, Optional[float]] = field(default_factory=dict)    # student_params, extra_params, FLOPs
     failed: int = 0
     unfinished: int = 0
     summary: Optional[stats.Summary] = None
@@ -46,6 +52,10 @@ class Cell:
     @property
     def mean(self):
         return self.summary.mean if self.summary else None
+
+    def cost_mean(self, name: str) -> Optional[float]:
+        values = self.costs.get(name, {})
+        return sum(values.values()) / len(values) if values else None
 
     @property
     def gap(self):
@@ -66,6 +76,22 @@ class Row:
     def label(self):
         return f"{self.teacher} → {self.student}"
 
+    @property
+    def display(self):
+        """The pair as people read it: the paper's model names."""
+        return f"{model_display(self.paper_teacher)} → {model_display(self.paper_student)}"
+
+
+@dataclass
+class GroupStats:
+    """Across-pairs statistics of one group of rows (all pairs, or one student group)."""
+
+    group: str
+    pairs: int
+    over_baseline: Dict[str, Gain]            # each distiller's gain over vanilla
+    over_reference: Dict[str, Gain]           # each distiller's gain over the reference
+    friedman: stats.Friedman
+
 
 @dataclass
 class Table:
@@ -77,19 +103,22 @@ class Table:
     rows: List[Row]
     problems: List[dict]                      # failed / unfinished / unreadable runs: never averaged
     gains: Dict[str, dict] = field(default_factory=dict)     # set by _compute
-    friedman: Optional[stats.Friedman] = None
+    friedman: Optional[stats.Friedman] = None                # all pairs (blocks[0].friedman)
+    blocks: List[GroupStats] = field(default_factory=list)   # all pairs, then each student group
     published_protocol: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
 
 # -- collect ---------------------------------------------------------------------------------------
 def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = None, *,
-            pairs: Optional[str] = None, distillers: Optional[str] = None) -> Table:
+            pairs: Optional[str] = None, distillers: Optional[str] = None, finished_only: bool = False) -> Table:
     """Load the records of one preset under `out_dir` and compute all statistics.
 
     `preset` may be omitted when `out_dir` holds one preset; `reference` defaults to `kd` when
     it was run (otherwise no significance tests). `pairs` (a `--pairs` spec) and `distillers`
-    (comma-separated names) restrict the table, e.g. to the pairs every distiller has run."""
+    (comma-separated names) restrict the table, e.g. to the pairs every distiller has run.
+    `finished_only` leaves out runs without a record (in progress or interrupted) instead of
+    listing them: a published table depends only on the records it commits."""
     root = Path(out_dir)
     if not root.is_dir():
         raise UsageError(f"results directory '{root}' does not exist; pass the --out of `kdbench run`")
@@ -113,6 +142,8 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
     rows: Dict[tuple, Row] = {}
     problems, datasets = [], set()
     for d in (d for d in seed_dirs if d.parts[-4] == preset):
+        if finished_only and not has_record_file(d):
+            continue
         teacher, _, student = d.parts[-3].partition("__")
         if not (keep_pair(teacher, student) and keep_distiller(d.parts[-2])):
             continue
@@ -181,8 +212,15 @@ def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
         return "failed", rec.error or f"status {rec.status!r} without a finite top1"
     seed = int(d.name[4:])
     cell.values[seed] = float(rec.top1)
+    cell.dirs[seed] = d
     if rec.best_top1 is not None:
         cell.best[seed] = float(rec.best_top1)
+    for name in COSTS:
+        if getattr(rec, name, None) is not None:
+            cell.costs.setdefault(name, {})[seed] = float(getattr(rec, name))
+    for name in ("student_params", "extra_params", "train_flops_per_img"):
+        if getattr(rec, name, None) is not None:
+            cell.params[name] = getattr(rec, name)
     cell.hashes.add(_config_without_seed(rec))
     datasets.add(rec.dataset)
     if rec.teacher_top1 is not None:
@@ -226,13 +264,37 @@ def _compute(table: Table):
             if ref is not None and name != table.reference and cell.values and ref.values:
                 cell.comparison = stats.paired_compare(cell.values, ref.values)
                 comparisons.append(cell.comparison)
-        means = [c.mean for c in row.cells.values() if c.mean is not None]
-        for cell in row.cells.values():
-            cell.best_in_row = cell.mean is not None and cell.mean == max(means)
+        means = [stats.rounded(c.mean) for c in row.cells.values() if c.mean is not None]
+        for cell in row.cells.values():          # at the printed precision: a tie is bold twice
+            cell.best_in_row = cell.mean is not None and stats.rounded(cell.mean) == max(means)
     stats.holm_comparisons(comparisons)
     means = [{d: c.mean for d, c in r.cells.items() if c.mean is not None} for r in table.rows]
     table.gains = stats.average_gain(means, BASELINE) if BASELINE in table.distillers else {}
-    table.friedman = stats.friedman(means, table.distillers, ALPHA)
+    groups = list(dict.fromkeys(r.group for r in table.rows))
+    for group in [ALL_PAIRS] + (groups if len(groups) > 1 else []):
+        subset = [m for m, r in zip(means, table.rows) if group in (ALL_PAIRS, r.group)]
+        table.blocks.append(GroupStats(
+            group, len(subset),
+            gains_over(subset, table.distillers, BASELINE) if BASELINE in table.distillers else {},
+            gains_over(subset, table.distillers, table.reference) if table.reference else {},
+            stats.friedman(subset, table.distillers, ALPHA, control=table.reference)))
+    table.friedman = table.blocks[0].friedman if table.blocks else stats.friedman([], table.distillers, ALPHA)
+
+
+@lru_cache(maxsize=None)
+def _model_names() -> dict:
+    return read_yaml("names.yaml")["models"]
+
+
+def model_display(name: str) -> str:
+    """The paper's name of a model (benchmarks/names.yaml), else its code name."""
+    return _model_names().get(name, name)
+
+
+def method_display(name: str) -> str:
+    """A distiller's `display_name`, else its registry name (also for distillers not loaded)."""
+    from .registry import DISTILLERS
+    return (getattr(DISTILLERS.get(name), "display_name", "") or name) if name in DISTILLERS else name
 
 
 @lru_cache(maxsize=None)

@@ -62,6 +62,60 @@ class Registry:
         return names
 
 
+TASKS = ("classification", "detection")
+DEFAULT_TASK = "classification"
+
+
+class DistillerRegistry(Registry):
+    """Distillers, one implementation per (name, task). `register(name)` registers a
+    classification distiller; `register(name, task="detection")` the same method's detection
+    implementation. `get(name, task)` names the tasks a method supports when it lacks `task`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._by_task: Dict[str, Dict[str, object]] = {t: {} for t in TASKS}
+
+    def register(self, name: str, task: str = DEFAULT_TASK) -> Callable:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r} for distiller '{name}': must be one of {', '.join(TASKS)}")
+
+        def decorator(obj):
+            table = self._by_task[task]
+            if name in table and table[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' ({task}) is already registered by {table[name]!r}")
+            obj.registry_name, obj.task = name, task
+            table[name] = obj
+            self._items.setdefault(name, obj)
+            return obj
+        return decorator
+
+    def get(self, name: str, task: str = DEFAULT_TASK):
+        self._load()
+        if name not in self._items:
+            raise unknown_choice(self.kind, name, self._items)
+        if name not in self._by_task.get(task, {}):
+            raise UsageError(f"distiller '{name}' does not support the {task} task; it supports: "
+                             f"{', '.join(self.tasks_of(name))}")
+        return self._by_task[task][name]
+
+    def tasks_of(self, name: str) -> List[str]:
+        self._load()
+        return [t for t in TASKS if name in self._by_task[t]]
+
+    def names(self, task: Optional[str] = None):
+        self._load()
+        return sorted(self._items if task is None else self._by_task[task])
+
+    def parse(self, spec: str, task: str = DEFAULT_TASK) -> List[str]:
+        """'a,b' or 'all' -> the named items of `task` (all: every one that supports it), each
+        checked, duplicates dropped, in the given order."""
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        names = self.names(task) if names == ["all"] else list(dict.fromkeys(names))
+        for n in names:
+            self.get(n, task)
+        return names
+
+
 def load_plugin(module: str):
     """Import a user module that registers distillers (`--plugin my_pkg.my_distiller`)."""
     try:
@@ -70,5 +124,5 @@ def load_plugin(module: str):
         raise UsageError(f"cannot load plugin module '{module}': {exc.__class__.__name__}: {exc}") from exc
 
 
-DISTILLERS = Registry("distiller", "kdbench.distillers", builtins=("distillers",))
+DISTILLERS = DistillerRegistry("distiller", "kdbench.distillers", builtins=("distillers",))
 register_distiller = DISTILLERS.register

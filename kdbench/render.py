@@ -5,16 +5,24 @@ import io
 import json
 from typing import List, Optional
 
+from .across import as_dict as gain_dict, tested_count
 from .errors import unknown_choice
-from .leaderboard import ALPHA, BASELINE, Cell, Table
+from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, COSTS, Cell, Table, method_display
 
-FORMATS = ("md", "csv", "latex", "json")
+FORMATS = ("md", "csv", "latex", "json", "findings", "html")
 
 
 def render(table: Table, fmt: str = "md") -> str:
-    """The table as md, csv, latex or json text."""
+    """The table as md, csv, latex, json, findings (generated claims, Markdown) or html (one
+    self-contained page) text."""
     if fmt not in FORMATS:
         raise unknown_choice("format", fmt, FORMATS)
+    if fmt == "findings":
+        from .findings import render_findings
+        return render_findings(table)
+    if fmt == "html":
+        from .publish import render_html_report
+        return render_html_report(table)
     return {"md": _markdown, "csv": _csv, "latex": _latex, "json": _json}[fmt](table)
 
 
@@ -41,12 +49,14 @@ def _pub_columns(table: Table) -> List[str]:
 
 
 def _header(table: Table):
+    """[(distiller, is_published_column, label)]: a column per distiller (its paper name), and
+    beside it the published numbers where there are any."""
     pubs = _pub_columns(table)
     cols = []
     for d in table.distillers:
-        cols.append((d, d))
+        cols.append((d, False, method_display(d)))
         if d in pubs:
-            cols.append((d, f"{d} pub."))
+            cols.append((d, True, f"{method_display(d)} pub."))
     return cols
 
 
@@ -64,21 +74,46 @@ def _cell_text(cell: Optional[Cell], pub: bool, bold) -> str:
     return f"{bold(text) if cell.best_in_row else text} {_counts(cell)}{_mark(cell)}"
 
 
+def _gain_text(g) -> str:
+    if g is None or g.mean is None:
+        return "—"
+    ci = f" [{_num(g.ci_low, sign=True)}, {_num(g.ci_high, sign=True)}]" if g.ci_low is not None else ""
+    return f"{_num(g.mean, sign=True)}{ci} ({g.pairs})"
+
+
+def _wtl_text(g) -> str:
+    if g is None or not g.pairs:
+        return "—"
+    p = f", p {g.p_holm:.2g}" if g.p_holm is not None else ""
+    return f"{g.wins}/{g.ties}/{g.losses}{p}"
+
+
 def _footer(table: Table):
-    """[(label, {distiller: text})] for the average-gain and average-rank rows."""
+    """[(label, {distiller: text})]: per block (all pairs, then each student group) the gain over
+    vanilla with its bootstrap interval, the median gain, win/tie/loss against the reference with
+    the Wilcoxon-Holm p, and the average rank."""
     rows = []
-    if table.gains:
-        rows.append((f"avg. gain over {BASELINE}",
-                     {d: "—" if d == BASELINE else f"{_num(g['gain'], sign=True)} ({g['pairs']})"
-                      for d, g in table.gains.items()}))
-    fr = table.friedman
-    if fr.n:
-        rows.append((f"avg. rank ({fr.n} pair{'' if fr.n == 1 else 's'})", dict(zip(fr.names, (_num(r) for r in fr.avg_ranks)))))
+    for block in table.blocks:
+        prefix = "" if block.group == ALL_PAIRS else f"{block.group}: "
+        if block.over_baseline:
+            rows.append((f"{prefix}avg. gain over {BASELINE} [95% CI] (pairs)",
+                         {d: "—" if d == BASELINE else _gain_text(block.over_baseline.get(d)) for d in table.distillers}))
+            if not prefix:
+                rows.append((f"median gain over {BASELINE}",
+                             {d: _num(g.median, sign=True) for d, g in block.over_baseline.items()}))
+        if block.over_reference and not prefix:
+            rows.append((f"W/T/L vs {table.reference}, Wilcoxon-Holm p",
+                         {d: _wtl_text(g) for d, g in block.over_reference.items()}))
+        fr = block.friedman
+        if fr.n:
+            rows.append((f"{prefix}avg. rank ({fr.n} pair{'' if fr.n == 1 else 's'})",
+                         dict(zip(fr.names, (_num(r) for r in fr.avg_ranks)))))
     return rows
 
 
 def _notes(table: Table) -> List[str]:
-    fr, n_cmp = table.friedman, sum(1 for r in table.rows for c in r.cells.values() if c.comparison)
+    fr = table.friedman
+    n_cmp = sum(1 for r in table.rows for c in r.cells.values() if c.comparison and c.comparison.p_t is not None)
     notes = ["Top-1 (%) at the final epoch: mean ± std over seeds (number of runs); bold: best mean in the row. "
              "Best-epoch top-1 (as the papers report it; optimistic) is in the CSV/JSON output."]
     if any(c.summary.n == 1 for r in table.rows for c in r.cells.values()):
@@ -87,12 +122,30 @@ def _notes(table: Table) -> List[str]:
         notes.append(f"No `{BASELINE}` runs: no average gain.")
     if table.reference:
         notes.append(f"†↑ / †↓: better / worse than `{table.reference}` (paired by seed, two-sided t-test, "
-                     f"Holm-adjusted over {n_cmp} comparisons, p < {ALPHA}).")
+                     f"Holm-adjusted over the {n_cmp} comparisons that had a test, p < {ALPHA}). With few seeds "
+                     "these tests have little power: an unmarked cell is not evidence of no difference (the "
+                     "CSV/JSON give each difference with its 95% interval and effect size).")
+        over_ref = table.blocks[0].over_reference if table.blocks else {}
+        if over_ref:
+            notes.append(f"W/T/L: pairs where the mean is above / equal to / below `{table.reference}`'s at the "
+                         f"printed precision; p: two-sided Wilcoxon signed-rank over pairs, Holm-adjusted over "
+                         f"the {tested_count(over_ref)} distillers tested (Benavoli et al. 2016).")
     else:
         notes.append("No reference distiller (`kd` not run and no --reference): no significance tests.")
+    if table.blocks and table.blocks[0].over_baseline:
+        notes.append(f"Gain over `{BASELINE}`: mean over pairs of the difference of cell means, with a 95% "
+                     "percentile bootstrap interval over pairs; the median is robust to one collapse.")
     if fr.p is not None:
-        notes.append(f"Friedman test over {fr.n} pairs with all {len(fr.names)} distillers: chi2 = {fr.chi2:.2f}, "
-                     f"p = {fr.p:.3g}; Nemenyi critical difference (alpha {ALPHA}) = {fr.cd:.2f} in average rank.")
+        notes.append(f"Ranks use means at the printed precision (ties share a rank). Friedman test over {fr.n} pairs "
+                     f"with all {len(fr.names)} distillers: chi2 = {fr.chi2:.2f}, p = {fr.p:.3g}"
+                     + (f"; Iman–Davenport F = {fr.iman_davenport_f:.2f}, p = {fr.iman_davenport_p:.3g}"
+                        if fr.iman_davenport_f is not None else "")
+                     + f"; Nemenyi critical difference (alpha {ALPHA}) = {fr.cd:.2f} in average rank.")
+        if fr.vs_control:
+            worse = [f"{t.name} (p {t.p_holm:.2g})" for t in fr.vs_control if t.p_holm < ALPHA]
+            notes.append(f"Against the control `{fr.control}` (Demšar 2006, Holm over {len(fr.vs_control)} rank "
+                         f"tests; Bonferroni–Dunn CD = {fr.bonferroni_dunn_cd:.2f}): "
+                         + (f"rank differs for {', '.join(worse)}." if worse else f"no rank differs at p < {ALPHA}."))
     elif fr.note:
         notes.append(fr.note + ".")
     if table.published_protocol and _pub_columns(table):
@@ -111,17 +164,17 @@ def _title(table: Table) -> str:
 
 def _markdown(table: Table) -> str:
     cols = _header(table)
-    lines = [f"## {_title(table)}", "", "| teacher → student | teacher top-1 | " + " | ".join(c[1] for c in cols) + " |",
+    lines = [f"## {_title(table)}", "", "| teacher → student | teacher top-1 | " + " | ".join(c[2] for c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     group = None
     for row in table.rows:
         if row.group != group:
             group = row.group
             lines.append(f"| **{group}** |" + " |" * (len(cols) + 1))
-        texts = [_cell_text(row.cells.get(d), label != d, lambda t: f"**{t}**") for d, label in cols]
-        lines.append(f"| {row.label} | {_num(row.teacher_top1)} | " + " | ".join(texts) + " |")
+        texts = [_cell_text(row.cells.get(d), pub, lambda t: f"**{t}**") for d, pub, _ in cols]
+        lines.append(f"| {row.display} | {_num(row.teacher_top1)} | " + " | ".join(texts) + " |")
     for label, vals in _footer(table):
-        lines.append(f"| *{label}* | | " + " | ".join(vals.get(d, "—") if lab == d else "" for d, lab in cols) + " |")
+        lines.append(f"| *{label}* | | " + " | ".join("" if pub else vals.get(d, "—") for d, pub, _ in cols) + " |")
     lines += [""] + [f"- {n}" for n in _notes(table)]
     if table.problems:
         lines += ["", "Runs not included (not averaged):", ""] + [f"- {p}" for p in _problem_lines(table)]
@@ -142,7 +195,7 @@ def _latex(table: Table) -> str:
     n = len(cols) + 2
     lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
              rf"\caption{{{_tex(_title(table))}}}", r"\begin{tabular}{ll" + "c" * len(cols) + "}", r"\toprule",
-             "Teacher $\\rightarrow$ Student & Teacher top-1 & " + " & ".join(_tex(c[1]) for c in cols) + r" \\",
+             "Teacher $\\rightarrow$ Student & Teacher top-1 & " + " & ".join(_tex(c[2]) for c in cols) + r" \\",
              r"\midrule"]
     group = None
     for row in table.rows:
@@ -151,25 +204,28 @@ def _latex(table: Table) -> str:
                 lines.append(r"\midrule")
             group = row.group
             lines.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(group)}}}}} \\")
-        texts = [_tex(_cell_text(row.cells.get(d), lab != d, lambda t: f"@B{{{t}}}"))
-                 .replace("@B{", r"\textbf{") for d, lab in cols]
-        lines.append(f"{_tex(row.label)} & {_num(row.teacher_top1)} & " + " & ".join(texts) + r" \\")
+        texts = [_tex(_cell_text(row.cells.get(d), pub, lambda t: f"@B{{{t}}}"))
+                 .replace("@B{", r"\textbf{") for d, pub, _ in cols]
+        lines.append(f"{_tex(row.display)} & {_num(row.teacher_top1)} & " + " & ".join(texts) + r" \\")
     footer = _footer(table)
     if footer:
         lines.append(r"\midrule")
     for label, vals in footer:
-        lines.append(f"{_tex(label)} & & " + " & ".join(_tex(vals.get(d, "—")) if lab == d else ""
-                                                       for d, lab in cols) + r" \\")
+        lines.append(f"{_tex(label)} & & " + " & ".join("" if pub else _tex(vals.get(d, "—"))
+                                                       for d, pub, _ in cols) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", "", r"\footnotesize " + _tex(" ".join(_notes(table))),
               r"\end{table}"]
     lines += [f"% {p}" for p in _problem_lines(table)]
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("preset", "dataset", "group", "teacher", "student", "paper_teacher", "paper_student", "distiller",
-              "n", "n_failed", "n_unfinished", "seeds", "mean", "std", "ci_low", "ci_high", "best_top1_mean",
-              "best_in_row", "reference", "n_paired", "diff_vs_ref", "p_t", "p_wilcoxon", "p_holm",
-              "significant", "note", "published", "published_src", "gap_to_published", "teacher_top1")
+CSV_FIELDS = ("preset", "dataset", "group", "pair", "method", "teacher", "student", "paper_teacher", "paper_student",
+              "distiller", "n", "n_failed", "n_unfinished", "seeds", "top1_per_seed", "mean", "std", "ci_low",
+              "ci_high", "best_top1_per_seed", "best_top1_mean", "best_in_row", "reference", "n_paired",
+              "diff_vs_ref", "diff_ci_low", "diff_ci_high", "effect_size_dz", "p_t", "p_wilcoxon", "p_holm",
+              "significant", "note", "published", "published_src", "gap_to_published", "teacher_top1",
+              "wall_s_mean", "train_img_per_s_mean", "peak_mem_mb_mean", "student_params", "extra_params",
+              "train_flops_per_img")
 
 
 def cell_records(table: Table) -> List[dict]:
@@ -181,19 +237,27 @@ def cell_records(table: Table) -> List[dict]:
             if cell is None:
                 continue
             s, c = cell.summary, cell.comparison
+            seeds = sorted(cell.values)
             out.append({"preset": table.preset, "dataset": table.dataset, "group": row.group,
+                        "pair": row.display, "method": method_display(d),
                         "teacher": row.teacher, "student": row.student, "paper_teacher": row.paper_teacher,
                         "paper_student": row.paper_student, "distiller": d, "n": s.n, "n_failed": cell.failed,
-                        "n_unfinished": cell.unfinished, "seeds": sorted(cell.values), "mean": s.mean,
+                        "n_unfinished": cell.unfinished, "seeds": seeds,
+                        "top1_per_seed": {str(k): cell.values[k] for k in seeds}, "mean": s.mean,
                         "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                        "best_top1_per_seed": {str(k): cell.best[k] for k in sorted(cell.best)},
                         "best_top1_mean": sum(cell.best.values()) / len(cell.best) if cell.best else None,
                         "best_in_row": cell.best_in_row, "reference": table.reference if c else None,
                         "n_paired": c.n if c else None, "diff_vs_ref": c.diff if c else None,
+                        "diff_ci_low": c.ci_low if c else None, "diff_ci_high": c.ci_high if c else None,
+                        "effect_size_dz": c.effect_dz if c else None,
                         "p_t": c.p_t if c else None, "p_wilcoxon": c.p_wilcoxon if c else None,
                         "p_holm": c.p_holm if c else None, "significant": bool(_mark(cell)),
                         "note": "; ".join(x for x in (s.note, c.note if c else "") if x),
                         "published": cell.published, "published_src": cell.published_src,
-                        "gap_to_published": cell.gap, "teacher_top1": row.teacher_top1})
+                        "gap_to_published": cell.gap, "teacher_top1": row.teacher_top1,
+                        **{f"{k}_mean": cell.cost_mean(k) for k in COSTS},
+                        **{k: cell.params.get(k) for k in ("student_params", "extra_params", "train_flops_per_img")}})
     return out
 
 
@@ -202,8 +266,8 @@ def _csv(table: Table) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     for rec in cell_records(table):
-        w.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
-                    for k, v in rec.items()})
+        w.writerow({k: " ".join(map(str, v.values() if isinstance(v, dict) else v)) if isinstance(v, (list, dict))
+                    else ("" if v is None else v) for k, v in rec.items()})
     return buf.getvalue()
 
 
@@ -211,11 +275,23 @@ def _json(table: Table) -> str:
     fr = table.friedman
     doc = {"preset": table.preset, "dataset": table.dataset, "out": table.out, "reference": table.reference,
            "metric": "top1 (final epoch, %)", "distillers": [
-               {"name": d, "avg_gain_over_vanilla": table.gains.get(d, {}).get("gain"),
+               {"name": d, "method": method_display(d), "avg_gain_over_vanilla": table.gains.get(d, {}).get("gain"),
                 "gain_pairs": table.gains.get(d, {}).get("pairs"),
                 "avg_rank": fr.avg_ranks[i] if fr.n else None} for i, d in enumerate(table.distillers)],
-           "friedman": {"pairs": fr.n, "k": len(fr.names), "chi2": fr.chi2, "p": fr.p, "cd": fr.cd,
-                        "alpha": ALPHA, "note": fr.note},
+           "friedman": _friedman_dict(fr),
+           "across_pairs": [{"group": b.group, "pairs": b.pairs, "baseline": base, "friedman": _friedman_dict(b.friedman),
+                             "rows": [dict(gain_dict(g), method=method_display(g.name)) for g in gains.values()]}
+                            for b in table.blocks for base, gains in ((BASELINE, b.over_baseline),
+                                                                      (table.reference, b.over_reference)) if gains],
            "cells": cell_records(table), "problems": table.problems, "notes": _notes(table),
            "published_protocol": table.published_protocol}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def _friedman_dict(fr) -> dict:
+    return {"pairs": fr.n, "k": len(fr.names), "chi2": fr.chi2, "p": fr.p, "cd": fr.cd, "alpha": ALPHA,
+            "iman_davenport_f": fr.iman_davenport_f, "iman_davenport_p": fr.iman_davenport_p,
+            "control": fr.control, "bonferroni_dunn_cd": fr.bonferroni_dunn_cd,
+            "vs_control": [{"name": t.name, "method": method_display(t.name), "rank_diff": t.rank_diff, "z": t.z,
+                            "p": t.p, "p_holm": t.p_holm} for t in fr.vs_control],
+            "avg_ranks": dict(zip(fr.names, fr.avg_ranks)) if fr.n else {}, "note": fr.note}

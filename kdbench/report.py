@@ -30,13 +30,24 @@ def add_parser(subparsers):
     p.add_argument("--format", default="md", choices=FORMATS, help="output on stdout (default: md)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also write the CD diagram to FILE.png and per-pair accuracies to FILE-pairs.png")
+    p.add_argument("--publish", default=None, metavar="DIR",
+                   help="write every format and figure into DIR (NAME.md/.csv/.latex/.json/.html, "
+                        "NAME-findings.md, NAME-{cd,pairs,diffs,cost}.png) instead of printing; runs "
+                        "without a record (in progress) are left out")
+    p.add_argument("--name", default=None, help="--publish: file stem (default: the preset)")
     p.set_defaults(func=cmd_leaderboard)
     return p
 
 
 def cmd_leaderboard(args) -> int:
     """Print the leaderboard of `args.out` in `args.format`; write the plots when `args.plot` is set."""
-    table = collect(args.out, args.preset, args.reference, pairs=args.pairs, distillers=args.distillers)
+    table = collect(args.out, args.preset, args.reference, pairs=args.pairs, distillers=args.distillers,
+                    finished_only=bool(args.publish))
+    if args.publish:
+        from .publish import publish
+        written = publish(table, args.publish, args.name or "")
+        print(f"kdbench: wrote {len(written)} files to {args.publish}", file=sys.stderr)
+        return 0
     if args.plot:
         cd_path, pairs_path = plot_paths(args.plot)
         cd_path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,8 @@ MANIFEST_FILE = "manifest.json"       # a teacher directory's manifest
 PROTOCOL = ("top1/top5: final-epoch test accuracy of the raw student (headline); best_top1: best "
             "epoch on the test set, as the papers report (optimistic, flagged); ema_top1: final EMA student")
 UNWRITTEN = {"written": False}        # field metadata: set by the reader or in memory, never in the file
+IF_SET = {"written": "if-set"}        # field metadata: written only when not at its default (a later addition:
+                                      # records without it keep their bytes through a read and a write)
 
 
 class RecordError(UsageError):
@@ -44,12 +46,23 @@ class RecordError(UsageError):
 
 
 # -- atomic writes -------------------------------------------------------------------------------
+def _file_mode() -> int:
+    """The mode open() would give a new file (0o666 less the umask); mkstemp's is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes):
     """Write to a temp file in the same directory, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -92,7 +105,10 @@ class RunRecord:
     preset: str
     dataset: Optional[str] = None
     seed: int
-    top1: Optional[float] = None                  # final epoch, percent (the headline)
+    task: str = field(default="classification", metadata=IF_SET)      # classification | detection
+    metric: str = field(default="top1", metadata=IF_SET)    # the headline: top1, or map (detection)
+    metrics: Optional[dict] = field(default=None, metadata=IF_SET)    # detection: the final evaluation (percent)
+    top1: Optional[float] = None                  # final epoch, percent (classification's headline)
     top5: Optional[float] = None
     best_top1: Optional[float] = None             # best epoch on the test set (optimistic, flagged)
     best_epoch: Optional[int] = None
@@ -117,18 +133,28 @@ class RunRecord:
     dir: Optional[Path] = field(default=None, compare=False, repr=False, metadata=UNWRITTEN)  # where it was read
 
     FAILED_KEYS = ("schema", "status", "error", "traceback", "distiller", "teacher", "student", "preset",
-                   "dataset", "seed", "config", "config_hash")
+                   "dataset", "seed", "task", "config", "config_hash")     # task: only when not classification
+
+    @property
+    def headline(self) -> Optional[float]:
+        """The value the leaderboard ranks: `top1`, or `metrics[metric]` for another task's metric."""
+        return self.top1 if self.metric == "top1" else (self.metrics or {}).get(self.metric)
 
     @classmethod
     def done(cls, run, history: List[dict], *, dataset: str, num_train: int, num_test: int,
              teacher_top1: Optional[float], wall_s: float, img_per_s: float, peak_mem_mb: float,
              student_params: int, extra_params: int, world_size: int, device: torch.device) -> "RunRecord":
-        """The record of a finished run (`run`: its RunConfig; `history`: the metrics.jsonl rows)."""
-        last, best = history[-1], max(history, key=lambda h: h["top1"])
+        """The record of a finished run (`run`: its RunConfig; `history`: its evaluation rows, one per
+        epoch, each with the task's `metric`)."""
+        metric = run.metric
+        last, best = history[-1], max(history, key=lambda h: h[metric])
         r = run.recipe
+        final = {k: v for k, v in last.items() if k not in ("kind", "epoch", "step", "lr", "img_per_s", "loss")}
         return cls(status="done", distiller=run.distiller, teacher=run.teacher, student=run.student,
-                   preset=run.preset, dataset=dataset, seed=run.seed, top1=last["top1"], top5=last["top5"],
-                   best_top1=best["top1"], best_epoch=best["epoch"], ema_top1=last.get("ema_top1"),
+                   preset=run.preset, dataset=dataset, seed=run.seed, task=run.task, metric=metric,
+                   metrics=None if metric == "top1" else final,
+                   top1=last.get("top1"), top5=last.get("top5"),
+                   best_top1=best.get("top1"), best_epoch=best["epoch"], ema_top1=last.get("ema_top1"),
                    teacher_top1=teacher_top1, epochs=r.epochs, wall_s=round(wall_s, 2),
                    train_img_per_s=round(img_per_s, 1), peak_mem_mb=round(peak_mem_mb, 1),
                    student_params=student_params, extra_params=extra_params, global_batch_size=r.batch_size,
@@ -142,11 +168,13 @@ class RunRecord:
         return cls(status="failed", error=f"{exc.__class__.__name__}: {exc}",
                    traceback="".join(traceback.format_exception(exc, limit=8)), distiller=run.distiller,
                    teacher=run.teacher, student=run.student, preset=run.preset, dataset=run.data.dataset,
-                   seed=run.seed, config=run.to_dict(), config_hash=run.hash())
+                   seed=run.seed, task=run.task, config=run.to_dict(), config_hash=run.hash())
 
     def to_dict(self) -> dict:
         """The JSON object written to result.json (the one place its layout is defined)."""
-        keys = self.FAILED_KEYS if self.status == "failed" else [k for k in _written(self) if k != "traceback"]
+        written = _written(self)
+        keys = [k for k in self.FAILED_KEYS if k in written or k == "traceback"] if self.status == "failed" \
+            else [k for k in written if k != "traceback"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -203,7 +231,8 @@ class TeacherManifest:
 
 
 def _written(obj) -> List[str]:
-    return [f.name for f in dataclasses.fields(obj) if f.metadata.get("written", True)]
+    return [f.name for f in dataclasses.fields(obj) if f.metadata.get("written", True) is True
+            or (f.metadata.get("written") == IF_SET["written"] and getattr(obj, f.name) != f.default)]
 
 
 # -- write and read ------------------------------------------------------------------------------

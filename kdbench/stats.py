@@ -1,8 +1,13 @@
 """Statistics for the leaderboard (DESIGN.md §8): pure functions, no I/O.
 
-Per cell: summary over seeds. Per pair: seed-paired comparison against a reference distiller,
-Holm-corrected across a table. Across pairs: average gain, average rank, Friedman test and the
-Nemenyi critical difference (Demšar 2006).
+Per cell: summary over seeds. Per pair: seed-paired comparison against a reference distiller (mean
+difference, its t-interval, the paired effect size d_z, a t-test), Holm-corrected across a table.
+Across pairs (`kdbench.across`): gains with bootstrap intervals, win/tie/loss and Wilcoxon
+signed-rank over pairs (Benavoli et al., JMLR 2016); average ranks, Friedman and Iman–Davenport
+tests, the Nemenyi critical difference and Holm against a control (Demšar, JMLR 2006).
+
+Ranks and win/tie/loss use means rounded to RANK_DIGITS, the precision the tables report, so two
+distillers whose means print the same tie exactly instead of being ordered by float error.
 """
 
 import math
@@ -13,6 +18,12 @@ import numpy as np
 from scipy import stats as st
 
 WILCOXON_MIN_N = 6
+RANK_DIGITS = 2                       # the tables' precision: ranks and ties are decided on it
+
+
+def rounded(x: float) -> float:
+    """`x` at the reported precision: the value that ranks and ties are decided on."""
+    return round(float(x), RANK_DIGITS)
 
 
 @dataclass
@@ -48,6 +59,9 @@ class Comparison:
     n: int
     seeds: List[int] = field(default_factory=list)
     diff: Optional[float] = None
+    ci_low: Optional[float] = None       # 95 % t-interval of the mean difference
+    ci_high: Optional[float] = None
+    effect_dz: Optional[float] = None    # Cohen's d_z: mean difference / std of the differences
     p_t: Optional[float] = None          # paired t-test, two-sided
     p_wilcoxon: Optional[float] = None   # Wilcoxon signed-rank, two-sided, only where n >= 6
     p_holm: Optional[float] = None       # p_t after Holm over the table (set by `holm`)
@@ -71,6 +85,9 @@ def paired_compare(values: Mapping[int, float], reference: Mapping[int, float]) 
         notes.append("constant paired difference (zero variance): t-test undefined")
     else:
         c.p_t = _finite(st.ttest_1samp(d, 0.0).pvalue)
+        interval = summarize(d)
+        c.ci_low, c.ci_high = interval.ci_low, interval.ci_high
+        c.effect_dz = float(d.mean() / d.std(ddof=1))
     if n >= 2 and not np.all(d == 0):
         if n < WILCOXON_MIN_N:
             notes.append(f"Wilcoxon needs n >= {WILCOXON_MIN_N}")
@@ -120,8 +137,9 @@ def complete_rows(means: Sequence[Mapping[str, float]], names: Sequence[str]) ->
 
 
 def average_ranks(rows: Sequence[Sequence[float]]) -> List[float]:
-    """Mean rank per column over rows; rank 1 = highest value, ties get the average of their ranks."""
-    r = np.array([st.rankdata(-np.asarray(row, dtype=float), method="average") for row in rows])
+    """Mean rank per column over rows; rank 1 = highest value, ties (at the reported precision) get
+    the average of their ranks."""
+    r = np.array([st.rankdata(-np.array([rounded(v) for v in row]), method="average") for row in rows])
     return [float(v) for v in r.mean(axis=0)]
 
 
@@ -132,24 +150,54 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
 
 def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
     """Nemenyi CD = q_alpha * sqrt(k (k+1) / (6 N)) for k methods over N datasets (pairs)."""
-    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n))
+    return nemenyi_q(k, alpha) * rank_se(k, n)
+
+
+def rank_se(k: int, n: int) -> float:
+    """Standard error of a difference of two average ranks: sqrt(k (k+1) / (6 N)) (Demšar 2006)."""
+    return math.sqrt(k * (k + 1) / (6 * n))
+
+
+def bonferroni_dunn_cd(k: int, n: int, alpha: float = 0.05) -> float:
+    """Bonferroni–Dunn CD for comparing k-1 methods with a control: z_{1-alpha/(2(k-1))} * SE."""
+    return float(st.norm.ppf(1 - alpha / (2 * (k - 1)))) * rank_se(k, n)
+
+
+@dataclass
+class ControlTest:
+    """One method's average rank against the control's: z = (R_i - R_c) / SE, two-sided normal p."""
+
+    name: str
+    rank_diff: float
+    z: float
+    p: float
+    p_holm: Optional[float] = None
 
 
 @dataclass
 class Friedman:
-    """Friedman test over complete rows, with average ranks and the Nemenyi CD."""
+    """Friedman test over complete rows, with average ranks, the Iman–Davenport F, the Nemenyi CD,
+    and Holm-adjusted tests of every method against a control (with the Bonferroni–Dunn CD)."""
 
     names: List[str]
     n: int                                  # pairs with every distiller present
     avg_ranks: List[Optional[float]]
     chi2: Optional[float] = None
     p: Optional[float] = None
-    cd: Optional[float] = None
+    cd: Optional[float] = None              # Nemenyi, all pairs of methods
+    iman_davenport_f: Optional[float] = None
+    iman_davenport_p: Optional[float] = None
+    control: Optional[str] = None
+    bonferroni_dunn_cd: Optional[float] = None
+    vs_control: List[ControlTest] = field(default_factory=list)
     note: str = ""
 
 
-def friedman(means: Sequence[Mapping[str, float]], names: Sequence[str], alpha: float = 0.05) -> Friedman:
-    """Friedman chi-square (scipy, tie-corrected) and Nemenyi CD; needs >= 3 distillers and >= 2 pairs."""
+def friedman(means: Sequence[Mapping[str, float]], names: Sequence[str], alpha: float = 0.05,
+             control: Optional[str] = None) -> Friedman:
+    """Friedman chi-square (scipy, tie-corrected, on means at the reported precision), the
+    Iman–Davenport F, the Nemenyi CD, and Holm over the k-1 rank tests against `control`;
+    needs >= 3 distillers and >= 2 complete pairs."""
     names = list(names)
     rows = complete_rows(means, names)
     res = Friedman(names, len(rows), average_ranks(rows) if rows else [None] * len(names))
@@ -158,11 +206,25 @@ def friedman(means: Sequence[Mapping[str, float]], names: Sequence[str], alpha: 
         res.note = f"Friedman test needs >= 3 distillers and >= 2 complete pairs (have {k} and {n})"
         return res
     res.cd = critical_difference(k, n, alpha)
-    if all(len(set(row)) == 1 for row in rows):
+    if control in names:
+        res.control, res.bonferroni_dunn_cd = control, bonferroni_dunn_cd(k, n, alpha)
+        c, se = res.avg_ranks[names.index(control)], rank_se(k, n)
+        res.vs_control = [ControlTest(d, r - c, (r - c) / se, float(2 * st.norm.sf(abs(r - c) / se)))
+                          for d, r in zip(names, res.avg_ranks) if d != control]
+        for t, p in zip(res.vs_control, holm([t.p for t in res.vs_control])):
+            t.p_holm = p
+    at_precision = np.array([[rounded(v) for v in row] for row in rows])
+    if all(len(set(row)) == 1 for row in at_precision):
         res.chi2, res.p, res.note = 0.0, 1.0, "all distillers tie on every pair"
         return res
-    chi2, p = st.friedmanchisquare(*np.array(rows, dtype=float).T)
+    chi2, p = st.friedmanchisquare(*at_precision.T)
     res.chi2, res.p = float(chi2), _finite(p)
+    denominator = n * (k - 1) - res.chi2
+    if denominator > 0:                    # 0: every pair ranks the methods identically (F infinite)
+        res.iman_davenport_f = (n - 1) * res.chi2 / denominator
+        res.iman_davenport_p = _finite(st.f.sf(res.iman_davenport_f, k - 1, (k - 1) * (n - 1)))
+    else:
+        res.iman_davenport_p = 0.0
     return res
 
 

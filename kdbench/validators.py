@@ -11,6 +11,7 @@ This module imports nothing from kdbench, so every config module (data included)
 import dataclasses
 from typing import Iterable
 
+OPT_IN = "opt_in"      # field metadata key: True = left out of the hash while at its default
 HASHED = "hashed"   # field metadata key: False = left out of the run's hash and record config
 
 
@@ -64,5 +65,17 @@ def unhashed(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING
     return dataclasses.field(default=default, default_factory=default_factory, metadata={HASHED: False})
 
 
+def opt_in(default):
+    """A switch added after runs were recorded: at its default it is left out of
+    `RunConfig.to_dict()` (so those runs keep their hashes and resume); set to anything else it is
+    recorded and hashed like any field. `to_dict(full=True)` always keeps it."""
+    return dataclasses.field(default=default, metadata={OPT_IN: True})
+
+
 def is_hashed(f: dataclasses.Field) -> bool:
     return f.metadata.get(HASHED, True)
+
+
+def omitted_at_default(f: dataclasses.Field, value) -> bool:
+    """An `opt_in` field at its default: left out of the hashed config."""
+    return f.metadata.get(OPT_IN, False) and value == f.default

@@ -225,7 +225,7 @@ def test_hash_stable_and_json():
     assert a.hash() == _run(recipe=dataclasses.replace(load_preset("smoke").cnn)).hash()
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(RecipeConfig)])
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(RecipeConfig) if is_hashed(f)])
 def test_hash_changes_with_recipe(field):
     base = _run()
     recipe = dataclasses.replace(base.recipe, **{field: _changed(getattr(base.recipe, field), field)})
@@ -268,6 +268,26 @@ def test_hash_changes_when_a_member_is_redefined(monkeypatch):
     monkeypatch.setitem(zoo.MEMBERS["resnet18"], "xs", (builder, {**defaults, "channels": (8, 16, 32, 32)}))
     assert run.student == "kdbench_resnet18_xs" and run.hash() != base
     assert zoo.member_definition("resnet18") is None   # timm's own models: the timm version covers them
+
+
+def test_recipe_log_every_is_not_hashed():
+    base = _run()
+    assert _run(recipe=dataclasses.replace(base.recipe, log_every=7)).hash() == base.hash()
+
+
+def test_opt_in_switch_is_hashed_only_when_set():
+    from kdbench.validators import opt_in
+
+    @dataclasses.dataclass
+    class Cfg:
+        weight: float = 1.0
+        new_switch: bool = opt_in(False)
+
+    run = dataclasses.replace(_run(), distiller_config=Cfg())
+    assert "new_switch" not in run.to_dict()["distiller"] and "new_switch" in run.to_dict(full=True)["distiller"]
+    assert run.hash() == dataclasses.replace(_run(), distiller_config=Cfg()).hash()
+    on = dataclasses.replace(run, distiller_config=Cfg(new_switch=True))
+    assert on.to_dict()["distiller"]["new_switch"] is True and on.hash() != run.hash()
 
 
 def test_hash_ignores_every_field_marked_unhashed():
@@ -332,7 +352,7 @@ BAD_DISTILLER_VALUES = [("kd", "temperature", 0.0), ("dkd", "temperature", -1.0)
                         ("ofa", "eps", (1.0, 1.0)), ("ofa", "stages", (5,)), ("pat", "temperature", 0.0),
                         ("pat", "num_queries", 48), ("pat", "heads", 0), ("pat", "dim", 30),
                         ("pat", "feedback", "later"), ("pat", "faithful_items", ("nope",)),
-                        ("pat", "afp_stages", (0,))]
+                        ("pat", "afp_stages", (0,)), ("kd+ls", "temperature", 0.0)]
 
 
 @pytest.mark.parametrize("name,field,value", BAD_DISTILLER_VALUES)
@@ -394,13 +414,13 @@ def test_nested_set_key_is_named_when_the_message_names_another():
 PINNED = {
     "smoke/vit_small_patch16_224:resnet18": {
         "dkd": "98bcc49a0da4b92c", "fitnet": "9b83f938e9fde92d", "kd": "6377223ceb90ebb9", "ofa": "4ddca3916c16e6a9",
-        "pat": "a15c865588a4c97a", "reviewkd": "446e7edf74811ec6", "vanilla": "5159f574e51e07ae"},
+        "pat": "a15c865588a4c97a", "reviewkd": "0a6d064ed5abd2f8", "vanilla": "5159f574e51e07ae"},
     "paper/vit_small_patch16_224:resnet18": {
         "dkd": "fd54c8ec31461afc", "fitnet": "4516a5c67f3dc788", "kd": "d820da5df05a6c3c", "ofa": "25d3632e25d994d3",
-        "pat": "ed273b71522e61f8", "reviewkd": "cd1784823ba13b69", "vanilla": "ed2d7ca5acbf9e05"},
+        "pat": "ed273b71522e61f8", "reviewkd": "a8deed953ee67d86", "vanilla": "ed2d7ca5acbf9e05"},
     "tiny/resnet18:deit_tiny_patch16_224": {
         "dkd": "5e5c3809fcf2696b", "fitnet": "4d915652eeb78426", "kd": "2b89266f18f8fbd8", "ofa": "e63d592362590b8d",
-        "pat": "e0234871cea6e933", "reviewkd": "0ff3fa300904b739", "vanilla": "5e4405fddd29ab28"},
+        "pat": "e0234871cea6e933", "reviewkd": "a955fef8c9f85a21", "vanilla": "5e4405fddd29ab28"},
 }
 
 

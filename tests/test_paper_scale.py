@@ -2,6 +2,7 @@
 official-format stand-in files, and the CUDA-path findings a CPU can exercise (one precision for
 training and every evaluation, per-run peak memory)."""
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -215,6 +216,10 @@ def test_precision_is_part_of_the_run_configuration():
 
 def test_peak_memory_is_reset_per_run():
     cpu = torch.device("cpu")
+    try:        # earlier tests leave freed heap that stays resident; a new block could reuse it unseen
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     engine.reset_peak_memory(cpu)
     base = engine.peak_memory_mb(cpu)
     block = torch.ones(300 * 2**20 // 4)          # 300 MB resident

@@ -132,7 +132,8 @@ def test_plugin_via_cli(plugin, capsys):
     assert main(["list", "distillers", "--json", "--plugin", module]) == 0
     rows = {r["name"]: r["config"] for r in json.loads(capsys.readouterr().out)}
     assert rows[name] == {"gt_weight": 1.0, "scale": 2.0}
-    assert rows["kd"] == {"gt_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0}
+    assert rows["kd"] == {"gt_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
+                          "logit_standardization": False}
 
 
 def test_load_plugin_missing_module():

@@ -137,13 +137,15 @@ def test_markdown(runs):
     md = report.render(report.collect(runs), "md")
     lines = md.splitlines()
     header = next(x for x in lines if x.startswith("| teacher → student"))
-    assert header.split("|")[3:7] == [" vanilla ", " kd ", " dkd ", " fitnet "]
-    row = next(x for x in lines if x.startswith("| kdbench_swin_t_s → kdbench_resnet18_s"))
+    assert header.split("|")[3:7] == [" From scratch ", " KD ", " DKD ", " FitNet "]   # paper names
+    row = next(x for x in lines if x.startswith("| Swin-T → ResNet18 |"))
     assert "**74.67 ± 1.15** (3)" in row                      # dkd best in the row
     assert "71.00 ± 1.00 (3)†↓" in row                        # vanilla significantly below kd
     assert "69.50 ± 0.71 (2, 1 failed)" in row
     assert "| **CNN students** |" in md and "| **ViT-MLP students** |" in md
-    assert "*avg. gain over vanilla*" in md and "*avg. rank (3 pairs)*" in md
+    assert "*avg. gain over vanilla [95% CI] (pairs)*" in md and "*avg. rank (3 pairs)*" in md
+    assert "*CNN students: avg. rank (1 pair)*" in md and "*ViT-MLP students: avg. rank (2 pairs)*" in md
+    assert "*W/T/L vs kd, Wilcoxon-Holm p*" in md and "*median gain over vanilla*" in md
     assert "Friedman test over 3 pairs" in md and "critical difference" in md
     assert "failed: tiny/kdbench_swin_t_s__kdbench_resnet18_s/fitnet/seed2: RuntimeError: boom" in md
     assert "unfinished: tiny/kdbench_mixer_b_s__kdbench_deit_t_s/dkd/seed3" in md
@@ -167,7 +169,7 @@ def test_latex_booktabs(runs):
     tex = report.render(report.collect(runs), "latex")
     for macro in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{llcccc}", r"\textit{CNN students}"):
         assert macro in tex
-    assert r"kdbench\_swin\_t\_s $\rightarrow$ kdbench\_resnet18\_s" in tex
+    assert r"Swin-T $\rightarrow$ ResNet18" in tex
     assert r"\textbf{74.67 $\pm$ 1.15} (3)" in tex
     assert "kdbench_swin" not in tex.split(r"\end{table}")[0]    # every underscore escaped in the table
     assert "% failed: tiny/" in tex
@@ -206,7 +208,7 @@ def test_published_reference_column_for_paper_preset(tmp_path):
     assert (kd.published, kd.published_src) == (78.74, "V") and kd.gap == pytest.approx(0.26)
     assert cell(t, pair, "vanilla").published == 74.01         # scratch accuracy of the student
     md = report.render(t, "md")
-    assert "kd pub." in md and "78.74 V (+0.26)" in md
+    assert "KD pub." in md and "78.74 V (+0.26)" in md
     r = next(x for x in csv.DictReader(io.StringIO(report.render(t, "csv"))) if x["distiller"] == "kd")
     assert float(r["published"]) == 78.74 and float(r["gap_to_published"]) == pytest.approx(0.26)
 
@@ -234,7 +236,7 @@ def test_usage_errors(runs, tmp_path):
         report.collect(runs)
     assert report.collect(runs, preset="smoke").preset == "smoke"
     with pytest.raises(UsageError, match="unknown format"):
-        report.render(report.collect(runs, preset="tiny"), "html")
+        report.render(report.collect(runs, preset="tiny"), "xml")
 
 
 def run_cli(argv):
@@ -301,3 +303,71 @@ def test_collect_filters_reject_unknown_names(runs, kw, words):
     with pytest.raises(UsageError) as err:
         report.collect(runs, **kw)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_exact_ties_share_rank_and_bold(tmp_path):
+    # the two orders of the same three values average to means that differ in the last bit
+    vals = {"dkd": [46.02, 47.0, 47.99], "fitnet": [46.02, 47.99, 47.0], "kd": [45.0, 45.5, 46.0]}
+    for pair, shift in ((SWIN_R18, 0.0), (MIXER_DEIT, 0.0), (CONV_RESMLP, 1.0)):
+        for d, v in vals.items():
+            for seed, x in enumerate(v):
+                write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, x + (shift if d == "kd" else 0)))
+    t = report.collect(tmp_path)
+    dkd, fitnet = cell(t, SWIN_R18, "dkd"), cell(t, SWIN_R18, "fitnet")
+    assert dkd.mean != fitnet.mean and round(dkd.mean, 2) == round(fitnet.mean, 2)
+    assert dkd.best_in_row and fitnet.best_in_row
+    ranks = dict(zip(t.friedman.names, t.friedman.avg_ranks))
+    assert ranks["dkd"] == ranks["fitnet"] == 1.5 and ranks["kd"] == 3.0
+    over_kd = t.blocks[0].over_reference
+    assert (over_kd["dkd"].wins, over_kd["fitnet"].wins) == (3, 3)
+
+
+def test_csv_and_json_recompute_every_statistic(runs):
+    """Per-seed values in CSV/JSON are enough to recompute means, paired differences and gains."""
+    t = report.collect(runs)
+    rows = list(csv.DictReader(io.StringIO(report.render(t, "csv"))))
+    by = {(r["teacher"], r["distiller"]): r for r in rows}
+    for r in rows:
+        seeds = [int(s) for s in r["seeds"].split()]
+        values = [float(v) for v in r["top1_per_seed"].split()]
+        assert len(seeds) == len(values) == int(r["n"])
+        assert float(r["mean"]) == pytest.approx(np.mean(values))
+        if r["diff_vs_ref"]:
+            ref = by[(r["teacher"], "kd")]
+            ref_values = dict(zip(map(int, ref["seeds"].split()), map(float, ref["top1_per_seed"].split())))
+            d = [v - ref_values[s] for s, v in zip(seeds, values) if s in ref_values]
+            assert float(r["diff_vs_ref"]) == pytest.approx(np.mean(d))
+            if r["effect_size_dz"]:
+                assert float(r["effect_size_dz"]) == pytest.approx(np.mean(d) / np.std(d, ddof=1))
+    doc = json.loads(report.render(t, "json"))
+    cells = {(c["teacher"], c["distiller"]): c for c in doc["cells"]}
+    assert cells[(SWIN_R18[0], "kd")]["top1_per_seed"] == {"0": 73.0, "1": 74.5, "2": 75.0}
+    assert cells[(SWIN_R18[0], "kd")]["pair"] == "Swin-T → ResNet18" and cells[(SWIN_R18[0], "kd")]["method"] == "KD"
+    block = next(b for b in doc["across_pairs"] if b["group"] == "all pairs" and b["baseline"] == "vanilla")
+    kd = next(r for r in block["rows"] if r["name"] == "kd")
+    gains = [cells[(p[0], "kd")]["mean"] - cells[(p[0], "vanilla")]["mean"] for p in TOP1]
+    assert kd["pairs"] == 4 and kd["mean_gain"] == pytest.approx(np.mean(gains))
+    assert kd["median_gain"] == pytest.approx(np.median(gains)) and kd["ci_low"] <= kd["mean_gain"] <= kd["ci_high"]
+    assert {b["group"] for b in doc["across_pairs"]} == {"all pairs", "CNN students", "ViT-MLP students", "Other pairs"}
+    assert doc["friedman"]["control"] == "kd" and len(doc["friedman"]["vs_control"]) == 3
+
+
+def test_holm_note_counts_only_tests_that_ran(runs):
+    md = report.render(report.collect(runs), "md")
+    # 12 comparisons with kd; the custom pair's three have one seed each (no test): 9 were tested
+    assert "Holm-adjusted over the 9 comparisons that had a test" in md
+    assert "not evidence of no difference" in md
+
+
+def test_findings_are_generated_from_the_table(runs):
+    text = report.render(report.collect(runs), "findings")
+    assert "Best average rank over all pairs (3 pairs, 4 distillers): DKD (1.33)" in text
+    assert "FitNet on Mixer-B/16 → DeiT-T 41.00 vs 51.00 (-10.00)" in text
+    assert "KD is above From scratch on 4 of 4 pairs" in text
+
+
+def test_finished_only_leaves_runs_in_progress_out(runs):
+    t = report.collect(runs, finished_only=True)
+    assert [p["status"] for p in t.problems] == ["failed"]            # the unfinished seed 3 is not listed
+    assert cell(t, MIXER_DEIT, "dkd").unfinished == 0
+    assert report.collect(runs).problems[-1]["status"] == "unfinished"

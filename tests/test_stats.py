@@ -131,3 +131,81 @@ def test_cd_groups():
     assert stats.cd_groups([2.2, 1.0, 1.6], 1.0) == [[1, 2], [2, 0]]     # overlapping groups, best first
     assert stats.cd_groups([1.0, 3.0], 1.0) == []
     assert stats.cd_groups([1.0, 1.2, 1.4], 1.0) == [[0, 1, 2]]
+
+
+# -- leaderboard v2: exact ties, paired intervals, across-pairs tests, Iman–Davenport, control ----------
+def test_means_equal_at_the_printed_precision_tie_exactly():
+    # the audit's case: 141.01 / 3 summed in two orders differs in the last bit
+    dkd, fitnet = 47.00333333333334, 47.00333333333333
+    assert dkd != fitnet
+    assert stats.average_ranks([[dkd, fitnet, 46.0]]) == [1.5, 1.5, 3.0]
+    means = [{"dkd": dkd, "fitnet": fitnet, "kd": 46.0}, {"dkd": 50.0, "fitnet": 49.0, "kd": 51.0}]
+    f = stats.friedman(means, ["dkd", "fitnet", "kd"])
+    assert f.avg_ranks == [1.75, 2.25, 2.0]
+
+
+def test_paired_difference_interval_and_effect_size_by_hand():
+    c = stats.paired_compare({0: 11.0, 1: 12.0, 2: 14.0}, {0: 10.0, 1: 10.0, 2: 10.0})   # d = 1, 2, 4
+    sd = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)                                        # t_{0.975, 2}
+    assert c.diff == pytest.approx(7 / 3) and c.effect_dz == pytest.approx((7 / 3) / sd)
+    assert (c.ci_low, c.ci_high) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    constant = stats.paired_compare({0: 11.0, 1: 11.0}, {0: 10.0, 1: 10.0})
+    assert constant.ci_low is None and constant.effect_dz is None and "zero variance" in constant.note
+
+
+def test_wilcoxon_over_pairs_wins_ties_losses_and_holm():
+    from kdbench.across import gain, gains_over
+    base = [50.0 + i for i in range(8)]
+    up = [{"m": b + 0.5 + 0.1 * i, "v": b} for i, b in enumerate(base)]          # 8 wins, distinct gains
+    g = gain(up, "m", "v")
+    assert (g.wins, g.ties, g.losses, g.pairs) == (8, 0, 0, 8)
+    assert g.p_wilcoxon == pytest.approx(2 / 2 ** 8)                                # exact two-sided p
+    assert g.median == pytest.approx(0.85) and g.mean == pytest.approx(0.85)
+    # a tie at the printed precision is a tie (47.001 vs 47.004 both print 47.00), dropped by Wilcoxon
+    mixed = [{"m": 47.001, "v": 47.004}, {"m": 60.0, "v": 59.0}, {"m": 40.0, "v": 42.0}]
+    g = gain(mixed, "m", "v")
+    assert (g.wins, g.ties, g.losses) == (1, 1, 1)
+    assert g.p_wilcoxon == pytest.approx(st.wilcoxon([100, -200]).pvalue) and "cannot reach" in g.note
+    tied = gain([{"m": 1.0, "v": 1.0}] * 3, "m", "v")
+    assert tied.p_wilcoxon is None and tied.ties == 3
+    # Holm over the distillers that had a test
+    rows = [dict(r, n=r["v"]) for r in up]                                          # n ties v everywhere
+    out = gains_over(rows, ["v", "m", "n"], "v")
+    assert set(out) == {"m", "n"} and out["n"].p_holm is None
+    assert out["m"].p_holm == pytest.approx(out["m"].p_wilcoxon)                    # m = 1 test
+
+
+def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
+    from kdbench.across import bootstrap_ci
+    d = np.array([-20.0, 0.5, 1.0, 1.5, 2.0, 0.7])
+    lo, hi = bootstrap_ci(d)
+    assert (lo, hi) == bootstrap_ci(d) and lo < d.mean() < hi
+    means = d[np.random.default_rng(0).integers(0, 6, size=(10_000, 6))].mean(axis=1)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert bootstrap_ci(np.array([1.5, 1.5, 1.5])) == (1.5, 1.5)
+
+
+def test_iman_davenport_and_control_tests_by_formula():
+    names = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(1)
+    rows = [rng.permutation(4) + 70.0 for _ in range(9)] + [np.array([74.0, 73.0, 72.0, 71.0])] * 5
+    f = stats.friedman([dict(zip(names, r)) for r in rows], names, control="d")
+    k, n = 4, 14
+    ff = (n - 1) * f.chi2 / (n * (k - 1) - f.chi2)
+    assert f.iman_davenport_f == pytest.approx(ff)
+    assert f.iman_davenport_p == pytest.approx(st.f.sf(ff, k - 1, (k - 1) * (n - 1)))
+    se = math.sqrt(k * (k + 1) / (6 * n))
+    z = [(f.avg_ranks[i] - f.avg_ranks[3]) / se for i in range(3)]
+    assert [t.name for t in f.vs_control] == ["a", "b", "c"]
+    assert [t.z for t in f.vs_control] == pytest.approx(z)
+    p = [2 * st.norm.sf(abs(x)) for x in z]
+    assert [t.p for t in f.vs_control] == pytest.approx(p)
+    order = np.argsort(p)
+    holm = np.maximum.accumulate([min(1, (3 - j) * p[i]) for j, i in enumerate(order)])
+    assert [f.vs_control[i].p_holm for i in order] == pytest.approx(list(holm))
+
+
+def test_bonferroni_dunn_cd_demsar_example():
+    # Demšar 2006, section 3.2.4: Bonferroni–Dunn q_0.05 = 2.394 for k = 4; CD = 2.394 * sqrt(20/84)
+    assert stats.bonferroni_dunn_cd(4, 14) == pytest.approx(2.394 * math.sqrt(20 / 84), abs=2e-3)

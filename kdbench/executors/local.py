@@ -13,7 +13,7 @@ from ..context import LOCAL, RunContext
 from ..errors import UsageError
 from ..locks import RunLock
 from ..registry import DISTILLERS
-from ..results import RESULT_FILE, RunRecord, read_record, write_record
+from ..results import RESULT_FILE, RunRecord, read_record, source_revision, write_record
 from .plan import Plan
 
 
@@ -33,6 +33,7 @@ class LocalExecutor:
     def run(self, plan: Plan) -> int:
         """The grid's exit status: 0, 1 if a cell failed, 128+signal if stopped."""
         dist, main = self.context.dist, self.context.dist.is_main
+        source_revision()       # cached now: records name the source this process loaded, not a later tree
         todo, skipped, error = dist.broadcast(self._todo(plan) if main else None)   # rank 0 reads the records
         if error:
             raise UsageError(error)

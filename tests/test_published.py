@@ -1,0 +1,89 @@
+"""Committed leaderboards regenerate from their committed run records.
+
+Every `benchmarks/results/<name>/runs/` holds the result.json and metrics.jsonl of the runs its
+leaderboard was made from; `kdbench leaderboard --out benchmarks/results/<name>/runs --publish
+benchmarks/results/<name>` must write the committed files again. Text files (md, csv, latex,
+json, findings) must be identical byte for byte. Figures are identical byte for byte when this
+matplotlib is the one that drew them (its version is in each PNG); another version may anti-alias
+differently, so then the PNG must only have the same size, and the HTML page is compared with its
+inline images left out.
+"""
+
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from kdbench.leaderboard import collect
+from kdbench.publish import FIGURE_FILE, TEXT_FILES, publish
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = sorted(p.parent for p in (ROOT / "benchmarks" / "results").glob("*/runs") if p.is_dir())
+IMAGE = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+
+
+def png_info(data: bytes):
+    """(width, height, {tEXt key: value}) of a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, size, text = 8, None, {}
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            text[key.decode()] = value.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, rest = body.partition(b"\0")
+            text[key.decode()] = zlib.decompress(rest[1:]).decode("latin-1")
+        pos += 12 + length
+    return size[0], size[1], text
+
+
+def test_some_leaderboard_is_published_with_its_records():
+    assert any(p.name == "tiny" for p in PUBLISHED), "benchmarks/results/tiny/runs/ is missing"
+
+
+@pytest.mark.parametrize("where", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_published_leaderboard_regenerates_from_its_records(where, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)                        # the JSON names --out as the command gave it
+    table = collect(str((where / "runs").relative_to(ROOT)), finished_only=True)
+    written = publish(table, tmp_path, where.name)
+    assert written
+    same_matplotlib = True
+    for key in ("cd", "pairs", "diffs", "cost"):
+        name = FIGURE_FILE.format(name=where.name, figure=key)
+        new, old = tmp_path / name, where / name
+        if not new.exists():
+            assert not old.exists(), f"{old} is committed but the records no longer draw it"
+            continue
+        w, h, text = png_info(old.read_bytes())
+        if f"version{matplotlib.__version__}," in text.get("Software", ""):
+            assert new.read_bytes() == old.read_bytes(), f"{name} differs from the committed figure"
+        else:
+            same_matplotlib = False
+            assert png_info(new.read_bytes())[:2] == (w, h), name
+    for fmt, pattern in TEXT_FILES.items():
+        name = pattern.format(name=where.name)
+        new, old = (tmp_path / name).read_text(), (where / name).read_text()
+        if fmt == "html" and not same_matplotlib:
+            new, old = IMAGE.sub("data:image/png;base64,", new), IMAGE.sub("data:image/png;base64,", old)
+        assert new == old, f"{where / name} does not regenerate from {where / 'runs'}"
+
+
+BLOCK = re.compile(r"<!-- begin generated: (\S+) -->\n(.*?)<!-- end generated -->", re.S)
+READMES = sorted((ROOT / "benchmarks" / "results").glob("*/README.md"))
+
+
+@pytest.mark.parametrize("readme", READMES, ids=[p.parent.name for p in READMES])
+def test_readme_generated_blocks_match_their_files(readme):
+    """A results README quotes generated files (findings) between markers, verbatim."""
+    text = readme.read_text()
+    for name, body in BLOCK.findall(text):
+        assert body == (readme.parent / name).read_text(), f"{readme}: the block of {name} is stale"
+    if (readme.parent / "runs").is_dir():
+        assert BLOCK.search(text), f"{readme} publishes a leaderboard but quotes no generated findings"
