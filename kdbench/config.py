@@ -49,6 +49,7 @@ class RecipeConfig:
     channels_last: bool = True       # for families that profit (resnet, mobilenetv2)
     eval_batch_size: int = 1024      # on CUDA; CPUs evaluate in batches of at most 128 (faster)
     log_every: int = unhashed(0)     # steps per training-curve point (metrics file); 0 = about 50 per run
+    budget: float = opt_in(1.0)      # training budget: a grid scales epochs and warm-ups by it (grid.at_budget)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
@@ -57,6 +58,7 @@ class RecipeConfig:
         one_of("recipe.schedule", self.schedule, SCHEDULES)
         positive("recipe.lr", self.lr)
         non_negative("recipe.log_every", self.log_every)
+        positive("recipe.budget", self.budget)
         for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup", "cutmix"):
             non_negative(f"recipe.{name}", getattr(self, name))
         in_range("recipe.label_smoothing", self.label_smoothing, 0, 1, hi_open=True)

@@ -16,6 +16,10 @@ from .stats import rounded
 COLLAPSE = 5.0          # points below vanilla that a finding calls a collapse
 
 
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _names(names: List[str]) -> str:
     shown = [method_display(n) for n in names]
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
@@ -57,8 +61,9 @@ def _over_pairs(table: Table) -> List[str]:
     if not gains:
         return []
     sig = [g for g in gains.values() if g.p_holm is not None and g.p_holm < ALPHA]
-    lines = [f"{method_display(g.name)} vs {method_display(g.baseline)} over pairs: {g.wins} wins, {g.ties} ties, "
-             f"{g.losses} losses (Wilcoxon-Holm p = {g.p_holm:.2g})." for g in sig]
+    lines = [f"{method_display(g.name)} vs {method_display(g.baseline)} over pairs: {_count(g.wins, 'win')}, "
+             f"{_count(g.ties, 'tie')}, {_count(g.losses, 'loss', 'losses')} (Wilcoxon-Holm p = {g.p_holm:.2g})."
+             for g in sig]
     return lines or [f"No distiller differs from {method_display(table.reference)} over pairs at Wilcoxon-Holm "
                      f"p < {ALPHA}."]
 
@@ -70,8 +75,9 @@ def _vanilla(table: Table) -> List[str]:
         if not g.pairs:
             continue
         ci = f", mean {g.mean:+.2f} [95% CI {g.ci_low:+.2f}, {g.ci_high:+.2f}]" if g.ci_low is not None else ""
-        lines.append(f"{method_display(g.name)} is above {method_display(BASELINE)} on {g.wins} of {g.pairs} pairs "
-                     f"({g.ties} ties, {g.losses} below); median gain {g.median:+.2f}{ci}.")
+        lines.append(f"{method_display(g.name)} is above {method_display(BASELINE)} on {g.wins} of "
+                     f"{_count(g.pairs, 'pair')} ({_count(g.ties, 'tie')}, {g.losses} below); "
+                     f"median gain {g.median:+.2f}{ci}.")
     return lines
 
 
@@ -89,8 +95,8 @@ def _below_vanilla(table: Table) -> List[str]:
     drops.sort()
     listed = "; ".join(f"{method_display(n)} on {pair} {m:.2f} vs {b:.2f} ({d:+.2f})" for d, pair, n, m, b in drops)
     collapses = sum(1 for d, *_ in drops if d <= -COLLAPSE)
-    return [f"{len(drops)} cells are below {method_display(BASELINE)} ({collapses} by {COLLAPSE:g} points or more): "
-            f"{listed}."]
+    return [f"{_count(len(drops), 'cell is', 'cells are')} below {method_display(BASELINE)} ({collapses} by "
+            f"{COLLAPSE:g} points or more): {listed}."]
 
 
 def _cells(table: Table) -> List[str]:

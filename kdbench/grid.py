@@ -111,14 +111,29 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
         recipe = apply_overrides(getattr(preset, recipe_kind_of(student, data.img_size)), overrides, "recipe")
         for name in distillers:
             try:
+                budgeted, dcfg = at_budget(recipe, configs[name])
                 runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed,
-                                      distiller=name, distiller_config=configs[name], recipe=recipe, data=data,
+                                      distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
                                       teacher_config=teacher_cfg, compile=compile_,
                                       precision=recipe.precision_on(device or _CPU),
                                       deterministic=deterministic) for seed in seeds)
             except ValueError as exc:
                 raise user_error(exc, "run") from None
     return runs
+
+
+def at_budget(recipe, distiller_config):
+    """The recipe and distiller config of a run trained for `recipe.budget` times the recipe's
+    budget: epochs (rounded, at least 1), the recipe's warm-up and a distiller's `warmup_epochs`
+    scale by it, so every schedule keeps its shape. Applied once, here, where a grid's runs are
+    built; the scaled values and the budget are what a record shows."""
+    b = recipe.budget
+    if b == 1:
+        return recipe, distiller_config
+    recipe = dataclasses.replace(recipe, epochs=max(1, round(recipe.epochs * b)), warmup_epochs=recipe.warmup_epochs * b)
+    if any(f.name == "warmup_epochs" for f in dataclasses.fields(distiller_config)):
+        distiller_config = dataclasses.replace(distiller_config, warmup_epochs=distiller_config.warmup_epochs * b)
+    return recipe, distiller_config
 
 
 def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], grid: List[str]):

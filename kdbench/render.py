@@ -142,7 +142,7 @@ def _notes(table: Table) -> List[str]:
                         if fr.iman_davenport_f is not None else "")
                      + f"; Nemenyi critical difference (alpha {ALPHA}) = {fr.cd:.2f} in average rank.")
         if fr.vs_control:
-            worse = [f"{t.name} (p {t.p_holm:.2g})" for t in fr.vs_control if t.p_holm < ALPHA]
+            worse = [f"{method_display(t.name)} (p {t.p_holm:.2g})" for t in fr.vs_control if t.p_holm < ALPHA]
             notes.append(f"Against the control `{fr.control}` (Demšar 2006, Holm over {len(fr.vs_control)} rank "
                          f"tests; Bonferroni–Dunn CD = {fr.bonferroni_dunn_cd:.2f}): "
                          + (f"rank differs for {', '.join(worse)}." if worse else f"no rank differs at p < {ALPHA}."))

@@ -86,7 +86,7 @@ def test_smoke_grid_all_pairs_every_baseline(smoke_out):
         assert all((r["extra_params"] > 0) == (name in ("fitnet", "reviewkd", "ofa")) for r in mine)
     assert len(list((out / "teachers" / "smoke").glob("*/manifest.json"))) == 4
     assert "kdbench leaderboard: preset smoke" in proc.stdout
-    assert "kdbench_swin_t_xs → kdbench_resnet18_xs" in proc.stdout
+    assert "Swin-T → ResNet18" in proc.stdout                  # paper names where people read
 
 
 @pytest.mark.slow
