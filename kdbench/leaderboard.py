@@ -102,9 +102,19 @@ class Table:
     distillers: List[str]
     rows: List[Row]
     problems: List[dict]                      # failed / unfinished / unreadable runs: never averaged
-    gains: Dict[str, dict] = field(default_factory=dict)     # set by _compute
     friedman: Optional[stats.Friedman] = None                # all pairs (blocks[0].friedman)
     blocks: List[GroupStats] = field(default_factory=list)   # all pairs, then each student group
+
+    @property
+    def gains(self) -> Dict[str, dict]:
+        """{distiller: {"gain": mean gain over vanilla, "pairs": n}} over all pairs (vanilla: 0); {}
+        without vanilla runs. The same numbers as blocks[0].over_baseline, in the table's short form."""
+        over = self.blocks[0].over_baseline if self.blocks else {}
+        if not over:
+            return {}
+        base = sum(1 for r in self.rows if r.cells.get(BASELINE) and r.cells[BASELINE].mean is not None)
+        return {d: {"gain": 0.0, "pairs": base} if d == BASELINE else {"gain": over[d].mean, "pairs": over[d].pairs}
+                for d in self.distillers}
     published_protocol: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
@@ -269,7 +279,6 @@ def _compute(table: Table):
             cell.best_in_row = cell.mean is not None and stats.rounded(cell.mean) == max(means)
     stats.holm_comparisons(comparisons)
     means = [{d: c.mean for d, c in r.cells.items() if c.mean is not None} for r in table.rows]
-    table.gains = stats.average_gain(means, BASELINE) if BASELINE in table.distillers else {}
     groups = list(dict.fromkeys(r.group for r in table.rows))
     for group in [ALL_PAIRS] + (groups if len(groups) > 1 else []):
         subset = [m for m, r in zip(means, table.rows) if group in (ALL_PAIRS, r.group)]

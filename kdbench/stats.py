@@ -12,7 +12,7 @@ distillers whose means print the same tie exactly instead of being ordered by fl
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats as st
@@ -121,16 +121,6 @@ def holm_comparisons(comparisons: Sequence[Comparison]) -> None:
 
 
 # -- across pairs: `means` is one {distiller: mean top-1} mapping per pair (missing = not run) ----------
-def average_gain(means: Sequence[Mapping[str, float]], baseline: str = "vanilla") -> Dict[str, dict]:
-    """Per distiller: mean over pairs of (distiller - baseline), on pairs where both have a mean."""
-    out: Dict[str, dict] = {}
-    names = dict.fromkeys(d for row in means for d in row)
-    for d in names:
-        gains = [row[d] - row[baseline] for row in means if d in row and baseline in row]
-        out[d] = {"gain": float(np.mean(gains)) if gains else None, "pairs": len(gains)}
-    return out
-
-
 def complete_rows(means: Sequence[Mapping[str, float]], names: Sequence[str]) -> List[List[float]]:
     """The rows (pairs) where every distiller in `names` has a mean, as lists in `names` order."""
     return [[row[d] for d in names] for row in means if all(d in row for d in names)]
