@@ -1,0 +1,60 @@
+"""Tasks (DESIGN.md §10): what a run learns and how it is scored.
+
+The one training loop (`engine.Trainer`) and the teacher zoo ask the run's task for three things:
+its loaders, a model by name, and the evaluation of a model; steps, checkpoints, records, locks
+and the leaderboard are shared. A task's `metric` is the key of its headline in the evaluation
+(and so in a record: `RunRecord.metric`).
+
+WIP (issue 17): the engine and teachers do not call this yet; see docs/detection-plan.md.
+"""
+
+from typing import Dict
+
+import torch
+
+from .data import build_loaders
+from .models import create_feature_model
+
+
+class Classification:
+    """Top-1/top-5 of a FeatureModel's logits on an image-classification set."""
+
+    name, metric = "classification", "top1"
+
+    def loaders(self, run, *, batch_size: int, device, rank: int = 0, world_size: int = 1):
+        r = run.recipe
+        return build_loaders(run.data, batch_size=batch_size, device=device, seed=run.seed, mixup=r.mixup,
+                             cutmix=r.cutmix, label_smoothing=r.label_smoothing,
+                             eval_batch_size=r.eval_batch_size, rank=rank, world_size=world_size)
+
+    def model(self, name: str, info):
+        return create_feature_model(name, num_classes=info.num_classes, in_chans=info.in_chans,
+                                    img_size=info.img_size)
+
+    @torch.inference_mode()
+    def evaluate(self, model, loader, device, autocast) -> Dict[str, float]:
+        """Top-1/top-5 (percent) of `model` (a FeatureModel, scored by its logits, or any callable
+        returning logits) over the whole loader."""
+        logits_of = getattr(model, "logits", model)
+        correct1 = correct5 = torch.zeros((), device=device, dtype=torch.long)
+        n = 0
+        for images, labels in loader.epoch(0):
+            with autocast():
+                logits = logits_of(images)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hit = top == labels[:, None]
+            correct1 = correct1 + hit[:, 0].sum()
+            correct5 = correct5 + hit.any(dim=1).sum()
+            n += labels.shape[0]
+        return {"top1": 100.0 * correct1.item() / max(n, 1), "top5": 100.0 * correct5.item() / max(n, 1)}
+
+
+CLASSIFICATION = Classification()
+
+
+def task_of(name: str):
+    """The task object of a run's `task` (detection is imported only when asked for)."""
+    if name == "detection":
+        from .detection.task import DETECTION
+        return DETECTION
+    return CLASSIFICATION
