@@ -134,4 +134,4 @@ class Distiller(nn.Module):
                              f"unexpected {unexpected[:5]}")
 
     def student_state(self) -> Dict[str, torch.Tensor]:
-        return self.student.model.state_dict()
+        return self.student.deployable_state()

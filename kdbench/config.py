@@ -104,6 +104,7 @@ class Preset:
     distillers: Dict[str, dict] = field(default_factory=dict)   # per-method defaults
     seeds: int = 3
     pairs: str = "all"                       # what `--pairs all` means here (imagenet: the 15 pairs)
+    task: str = "classification"             # classification | detection: every run and teacher of the preset
 
 
 @dataclass

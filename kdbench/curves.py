@@ -44,14 +44,17 @@ class CurveLog:
         for k, v in losses.items():
             v = v.detach().float()
             self._sums[k] = self._sums[k] + v if k in self._sums else v
-        labels = targets.argmax(1) if targets.ndim > 1 else targets        # mixed targets: the major class
-        hit = (logits.detach().argmax(1) == labels).sum()
-        self._correct = hit if self._correct is None else self._correct + hit
-        self._images += targets.shape[0]
+        if logits is not None and torch.is_tensor(targets):       # classification: the batch's top-1
+            labels = targets.argmax(1) if targets.ndim > 1 else targets        # mixed targets: the major class
+            hit = (logits.detach().argmax(1) == labels).sum()
+            self._correct = hit if self._correct is None else self._correct + hit
+            self._images += targets.shape[0]
         self._steps += 1
         if steps_done % self.every == 0:
             means = [self._sums[k] / self._steps for k in self._sums]
-            vec = torch.stack(means + [self._correct.float() * (100.0 / self._images)])
+            top1 = self._correct.float() * (100.0 / self._images) if self._correct is not None \
+                else torch.full_like(means[0], float("nan"))
+            vec = torch.stack(means + [top1])
             self._pending.append((steps_done, lr, list(self._sums), vec))
             self._reset()
 

@@ -17,10 +17,11 @@ from tqdm import tqdm
 from .context import LOCAL, RunContext
 from .curves import CurveLog, curve_every, merged_metrics
 from .config import RecipeConfig, RunConfig
-from .data import build_loaders
+from .data import DatasetInfo
 from .errors import UsageError
 from .models import FeatureModel, create_feature_model
 from .registry import DISTILLERS
+from .tasks import CLASSIFICATION, task_of
 from .results import CHECKPOINT, RunRecord, atomic_torch_save, write_metrics
 
 STOP_CHECK_EVERY = 25                         # DDP: training steps between the collectives that agree on a stop
@@ -109,21 +110,9 @@ class StudentEMA:
             b_ema.copy_(b)
 
 
-@torch.inference_mode()
 def evaluate(model: Callable, loader, device, autocast) -> Dict[str, float]:
-    """Top-1/top-5 (percent) of `model(images) -> logits` over the whole loader."""
-    correct1 = correct5 = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
-    for images, labels in loader.epoch(0):
-        with autocast():
-            logits = model(images)
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hit = top == labels[:, None]
-        correct1 = correct1 + hit[:, 0].sum()
-        correct5 = correct5 + hit.any(dim=1).sum()
-        n += labels.shape[0]
-    return {"top1": 100.0 * correct1.item() / max(n, 1), "top5": 100.0 * correct5.item() / max(n, 1)}
+    """Top-1/top-5 (percent) of `model(images) -> logits` over the whole loader (classification)."""
+    return CLASSIFICATION.evaluate(model, loader, device, autocast)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,16 +154,16 @@ def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size
                     teacher: Optional[FeatureModel], device: torch.device):
     """The run's distiller on `device`: a fresh student seeded by the run seed (so seeds pair across
     distillers), the given frozen teacher, channels_last where the recipe and family want it."""
-    cls = DISTILLERS.get(run.distiller)
+    cls = DISTILLERS.get(run.distiller, run.task)
     if cls.requires_teacher and teacher is None:
         raise UsageError(f"distiller '{run.distiller}' needs a teacher")
     torch.manual_seed(run.seed)
-    student = create_feature_model(run.student, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    student = task_of(run.task).model(run.student, DatasetInfo("", num_classes, in_chans, img_size, 0, 0, ""))
     distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
                     num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
     distiller.to(device)
     for fm in (student, distiller.teacher):
-        if fm is not None and run.recipe.channels_last and fm.family.channels_last:
+        if isinstance(fm, FeatureModel) and run.recipe.channels_last and fm.family.channels_last:
             fm.to(memory_format=torch.channels_last)
     return distiller
 
@@ -217,14 +206,16 @@ class Trainer:
         configure_backends(run.deterministic)      # before any CUDA work of this run
         r = run.recipe
         self.dist = context.dist
-        self.train_loader, self.eval_loader, self.info = build_loaders(
-            run.data, batch_size=self.dist.per_rank_batch(r.batch_size), device=device, seed=run.seed,
-            mixup=r.mixup, cutmix=r.cutmix, label_smoothing=r.label_smoothing, eval_batch_size=r.eval_batch_size,
-            rank=self.dist.rank, world_size=self.dist.world_size)
+        self.task = task_of(run.task)
+        self.train_loader, self.eval_loader, self.info = self.task.loaders(
+            run, batch_size=self.dist.per_rank_batch(r.batch_size), device=device, rank=self.dist.rank,
+            world_size=self.dist.world_size)
         self.distiller = build_distiller(run, num_classes=self.info.num_classes, in_chans=self.info.in_chans,
                                          img_size=self.info.img_size, teacher=teacher, device=device)
         self.optimizer = build_optimizer(param_groups(self.distiller, r.weight_decay), r, device)
         student = self.distiller.student
+        if r.ema_decay > 0 and run.task != "classification":
+            raise UsageError(f"recipe.ema_decay: the student EMA is for classification runs, not {run.task}")
         self.ema = StudentEMA(student.model, r.ema_decay) if r.ema_decay > 0 else None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = r.epochs * self.steps_per_epoch
@@ -360,9 +351,9 @@ class Trainer:
         while self.epoch < r.epochs:
             losses, lr, ips = self.train_epoch()
             self.distiller.eval()
-            metrics = evaluate(self.distiller.student.logits, self.eval_loader, self.device, self.autocast)
+            metrics = self.task.evaluate(self.distiller.student, self.eval_loader, self.device, self.autocast)
             if self.ema is not None:
-                ema = evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
+                ema = self.task.evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
                 metrics.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
             self.epoch += 1
             row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(ips, 1),

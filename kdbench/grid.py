@@ -115,7 +115,7 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
                 runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed,
                                       distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
                                       teacher_config=teacher_cfg, compile=compile_,
-                                      precision=recipe.precision_on(device or _CPU),
+                                      precision=recipe.precision_on(device or _CPU), task=preset.task,
                                       deterministic=deterministic) for seed in seeds)
             except ValueError as exc:
                 raise user_error(exc, "run") from None

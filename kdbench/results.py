@@ -188,8 +188,9 @@ class TeacherManifest:
     architecture: str
     dataset: Optional[str] = None
     num_classes: Optional[int] = None
-    top1: Optional[float] = None                  # in the run's precision; None: not evaluated (dry run)
-    top5: Optional[float] = None
+    top1: Optional[float] = None                  # the headline (top-1, or `metric`) in the run's precision;
+    top5: Optional[float] = None                  # None: not evaluated (dry run)
+    metric: str = field(default="top1", metadata=IF_SET)      # detection: "map" (COCO mAP@[.5:.95], percent)
     precision: Optional[str] = None
     recipe_hash: Optional[str] = None             # the teacher RunConfig's hash: a change makes it stale
     recipe: Optional[dict] = None                 # train: the RunConfig that trained it
@@ -212,7 +213,7 @@ class TeacherManifest:
     def trained(cls, run, record: RunRecord, *, num_classes: int, file: str, sha256: str) -> "TeacherManifest":
         """The manifest of a teacher trained by `run` (the `vanilla` method), whose record is `record`."""
         return cls(source="train", architecture=run.teacher, dataset=record.dataset, num_classes=num_classes,
-                   top1=record.top1, top5=record.top5, precision=run.precision, recipe_hash=run.hash(),
+                   top1=record.headline, top5=record.top5, metric=record.metric, precision=run.precision, recipe_hash=run.hash(),
                    recipe=run.to_dict(), file=file, sha256=sha256, epochs=record.epochs, wall_s=record.wall_s,
                    train_img_per_s=record.train_img_per_s, params=record.student_params,
                    timm_version=timm.__version__, torch_version=torch.__version__)

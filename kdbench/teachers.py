@@ -13,6 +13,7 @@ from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .data import DataConfig, build_loaders
 from .engine import Trainer, autocast_for, evaluate
+from .tasks import task_of
 from .errors import UsageError
 from .context import LOCAL, RunContext
 from .models import FeatureModel, checkpoint_filter, create_feature_model, recipe_kind_of
@@ -32,7 +33,7 @@ def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
         data = dataclasses.replace(data, train_limit=tcfg.train_limit)
     return RunConfig(preset=preset.name, teacher=teacher, student=teacher, seed=tcfg.seed, distiller="vanilla",
                      distiller_config=TaskConfig(), recipe=recipe, data=data, teacher_config=tcfg,
-                     precision=recipe.precision_on(device))
+                     precision=recipe.precision_on(device), task=preset.task)
 
 
 def teacher_dir(out: Path, preset: str, teacher: str) -> Path:
@@ -47,9 +48,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fresh_model(teacher: str, info, device) -> FeatureModel:
-    fm = create_feature_model(teacher, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size)
-    return fm.to(device)
+def _fresh_model(teacher: str, info, device, task: str = "classification"):
+    return task_of(task).model(teacher, info).to(device)
 
 
 def teacher_in_use(out: Path, preset: str, teacher: str) -> bool:
@@ -92,16 +92,16 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
     manifest, reason = dist.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
     if dry_run and reason is not None:
         _, _, info = _loaders(run, device)
-        fm = _fresh_model(teacher, info, device).eval().requires_grad_(False)
+        fm = _fresh_model(teacher, info, device, run.task).eval().requires_grad_(False)
         return fm, TeacherManifest(source="train", architecture=teacher,
                                    note=f"freshly initialised ({reason}; dry run)")
     if reason is None:
         _, eval_loader, info = _loaders(run, device)
-        fm = _fresh_model(teacher, info, device)
-        fm.model.load_state_dict(torch.load(tdir / WEIGHTS, map_location=device, weights_only=True))
+        fm = _fresh_model(teacher, info, device, run.task)
+        fm.load_deployable_state(torch.load(tdir / WEIGHTS, map_location=device, weights_only=True))
         fm.eval().requires_grad_(False)
         if verify:
-            top1 = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))["top1"]
+            top1 = task_of(run.task).evaluate(fm, eval_loader, device, autocast_for(run.precision, device))[run.metric]
             if abs(top1 - manifest.top1) > 0.05:
                 raise UsageError(f"teacher {tdir / WEIGHTS} evaluates to {top1:.2f}% but its manifest says "
                                  f"{manifest.top1:.2f}%; delete {tdir} to retrain it")
@@ -130,8 +130,7 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
 
 
 def _loaders(run: RunConfig, device):
-    return build_loaders(run.data, batch_size=run.recipe.batch_size, device=device, seed=run.seed,
-                         eval_batch_size=run.recipe.eval_batch_size)
+    return task_of(run.task).loaders(run, batch_size=run.recipe.batch_size, device=device)
 
 
 def _stale_reason(manifest: Optional[TeacherManifest], tdir: Path, run: RunConfig):

@@ -183,6 +183,13 @@ class Detector(FasterRCNN):
         return self.backbone.body
 
     # -- training ----------------------------------------------------------------------------
+    def deployable_state(self) -> Dict[str, torch.Tensor]:
+        """The whole detector's weights (backbone, FPN, RPN, ROI heads)."""
+        return self.state_dict()
+
+    def load_deployable_state(self, state: Dict[str, torch.Tensor]):
+        self.load_state_dict(state)
+
     def forward_train(self, images, targets: List[Dict[str, torch.Tensor]]) -> DetectionStep:
         """One training pass: torchvision's losses (equal to `forward`'s under the same RNG state)
         plus the intermediate results distillers need. Training mode only."""

@@ -102,6 +102,13 @@ class FeatureModel(nn.Module):
             feats.append(final)
         return self.model.forward_head(final), feats
 
+    def deployable_state(self) -> Dict[str, torch.Tensor]:
+        """The weights a deployed model needs (the timm model's state dict)."""
+        return self.model.state_dict()
+
+    def load_deployable_state(self, state: Dict[str, torch.Tensor]):
+        self.model.load_state_dict(state)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Plain `model(x)`, for methods that need no features."""
         return self.model(x)
