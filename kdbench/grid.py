@@ -34,10 +34,11 @@ def _pair_table() -> Dict[str, tuple]:
 
 
 def pair_sets() -> Dict[str, List[Pair]]:
-    """`all` (the 12 CIFAR-100 pairs, paper order), its subsets, `imagenet` (15) and its subsets."""
+    """`all` (the 12 CIFAR-100 pairs, paper order), its subsets, `imagenet` (15) and its subsets, `det`
+    (the 2 COCO detection pairs)."""
     table = _pair_table()
-    sets = {"all": list(table["cifar100"]), "imagenet": list(table["imagenet"])}
-    for pair in table["cifar100"] + table["imagenet"]:
+    sets = {"all": list(table["cifar100"]), "imagenet": list(table["imagenet"]), "det": list(table["det"])}
+    for pair in table["cifar100"] + table["imagenet"] + table["det"]:
         sets.setdefault(pair.set, []).append(pair)
     return sets
 

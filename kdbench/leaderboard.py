@@ -25,7 +25,7 @@ ALPHA = 0.05
 PUBLISHED_SECTION = {"paper": "cifar100", "imagenet": "imagenet"}   # presets that reproduce a paper table
 GROUPS = {"cnn-students": "CNN students", "vit-mlp-students": "ViT-MLP students",
           "imagenet-cnn-students": "CNN students", "imagenet-vit-students": "ViT students",
-          "imagenet-mlp-students": "MLP students", "custom": "Other pairs"}
+          "imagenet-mlp-students": "MLP students", "det-cnn-students": "CNN students", "custom": "Other pairs"}
 ALL_PAIRS = "all pairs"
 COSTS = ("wall_s", "train_img_per_s", "peak_mem_mb")          # per run; the cell reports their means
 
