@@ -4,13 +4,21 @@ batch's targets are lists of {"boxes", "labels"} and the detector's own losses a
 - `vanilla`: the detector trained alone (also how detection teachers are trained).
 - `kd`: KD on the ROI head's class logits of the proposals the student sampled; the teacher's
   ROI head runs on the teacher's pyramid for the same proposals, as the official PAT detection code
-  (`detection/model/rcnn.py`) does. Background is class 0 in both (torchvision's order).
+  (`detection/model/rcnn.py`) does (there without a weight: 1). Background is class 0 in both
+  (torchvision's order; detectron2's is last, which KD does not see).
+- `fitnet`: the official detection FitNet (`detection/model/fitnet.py`): MSE between every FPN
+  level of the student, through a 1x1 conv + BN + ReLU, and the teacher's, plus KD on the ROI logits.
 """
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from kdbench.registry import register_distiller
 
+from .adapters import init_weights
 from .base import Distiller, DistillOutput, TaskConfig
 from .kd import KDConfig
 from .losses import kd_loss, standardize_logits
@@ -50,4 +58,56 @@ class DetectionKD(DetectionDistiller):
             z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         losses = self.detector_losses(step)
         losses["kd"] = self.cfg.kd_weight * kd_loss(z_s, z_t, self.cfg.temperature)
+        return DistillOutput(None, losses)
+
+
+class LevelRegressor(nn.Module):
+    """The official detection FitNet's ConvReg for two FPN levels of the same shape: a 1x1 conv, BN and
+    ReLU (its other branches, for levels two-fold apart, do not occur when both detectors share the
+    pyramid's strides; a level of another size is resized to the teacher's first)."""
+
+    def __init__(self, s_channels: int, t_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(s_channels, t_channels, 1)
+        self.bn = nn.BatchNorm2d(t_channels)
+
+    def forward(self, x, size):
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.relu(self.bn(self.conv(x)))
+
+
+@dataclass
+class DetectionFitNetConfig(TaskConfig):
+    """The official detection config's (configs/FitNet/*.yaml, model/config.py): every FPN level
+    (0-3 and the pooled one), feature and KD weights 1, temperature 1."""
+
+    feat_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+
+
+@register_distiller("fitnet", task="detection")
+class DetectionFitNet(DetectionDistiller):
+    """MSE between each student FPN level (regressed) and the teacher's, plus KD on the ROI logits."""
+
+    display_name = "FitNet"
+    Config = DetectionFitNetConfig
+
+    def __init__(self, student, teacher, cfg, **kw):
+        super().__init__(student, teacher, cfg, **kw)
+        c_s, c_t = student.backbone.out_channels, teacher.backbone.out_channels
+        self.regressors = nn.ModuleList(LevelRegressor(c_s, c_t) for _ in range(5))
+        self.regressors.apply(init_weights)
+
+    def forward(self, images, targets):
+        step = self.student.forward_train(images, targets)
+        with torch.no_grad():
+            _, t_pyramid, sizes = self.teacher.forward_features(images)
+            z_t = self.teacher.roi_class_logits(t_pyramid, step.proposals, sizes)
+        s_levels, t_levels = list(step.pyramid.values()), list(t_pyramid.values())
+        feat = sum(F.mse_loss(reg(s, t.shape[-2:]), t) for reg, s, t in zip(self.regressors, s_levels, t_levels))
+        losses = self.detector_losses(step)
+        losses["feat"] = self.cfg.feat_weight * feat
+        losses["kd"] = self.cfg.kd_weight * kd_loss(step.class_logits, z_t, self.cfg.temperature)
         return DistillOutput(None, losses)
