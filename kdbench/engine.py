@@ -19,7 +19,7 @@ from .curves import CurveLog, curve_every, merged_metrics
 from .config import RecipeConfig, RunConfig
 from .data import DatasetInfo
 from .errors import UsageError
-from .models import FeatureModel, create_feature_model
+from .models import FeatureModel
 from .registry import DISTILLERS
 from .tasks import CLASSIFICATION, task_of
 from .results import CHECKPOINT, RunRecord, atomic_torch_save, write_metrics

@@ -11,12 +11,12 @@ import torch
 
 from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
-from .data import DataConfig, build_loaders
+from .data import DataConfig
 from .engine import Trainer, autocast_for, evaluate
 from .tasks import task_of
 from .errors import UsageError
 from .context import LOCAL, RunContext
-from .models import FeatureModel, checkpoint_filter, create_feature_model, recipe_kind_of
+from .models import FeatureModel, checkpoint_filter, recipe_kind_of
 from .locks import RunLock
 from .results import TeacherManifest, atomic_torch_save, read_manifest, write_manifest
 from distillers.base import TaskConfig
