@@ -21,7 +21,7 @@ from kdbench.registry import register_distiller
 from .adapters import init_weights
 from .base import Distiller, DistillOutput, TaskConfig
 from .kd import KDConfig
-from .losses import kd_loss, standardize_logits
+from .losses import kd_loss, ofa_loss, standardize_logits
 
 
 class DetectionDistiller(Distiller):
@@ -110,4 +110,43 @@ class DetectionFitNet(DetectionDistiller):
         losses = self.detector_losses(step)
         losses["feat"] = self.cfg.feat_weight * feat
         losses["kd"] = self.cfg.kd_weight * kd_loss(step.class_logits, z_t, self.cfg.temperature)
+        return DistillOutput(None, losses)
+
+
+@dataclass
+class DetectionOFAConfig(TaskConfig):
+    """The official detection config's (model/config.py, configs/OFA/*.yaml): eps 1, weight 1, T 1."""
+
+    ofa_weight: float = 1.0
+    eps: float = 1.0
+    temperature: float = 1.0
+
+
+@register_distiller("ofa", task="detection")
+class DetectionOFA(DetectionDistiller):
+    """The official detection OFA (`detection/model/ofakd.py`): one exit branch on the student's ROI
+    box features (Linear, BN, Linear to K+1 classes) trained with OFA's target-enhanced loss against
+    the teacher's ROI logits for the same proposals; no logit KD term (the official one is commented
+    out: it gave NaN there)."""
+
+    display_name = "OFA"
+    Config = DetectionOFAConfig
+
+    def __init__(self, student, teacher, cfg, **kw):
+        super().__init__(student, teacher, cfg, **kw)
+        width = student.roi_heads.box_head.fc7.out_features
+        classes = student.roi_heads.box_predictor.cls_score.out_features
+        self.branch = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, classes))
+        self.branch.apply(init_weights)
+
+    def forward(self, images, targets):
+        step = self.student.forward_train(images, targets)
+        box_features = self.student.roi_head_outputs(step.pyramid, step.proposals, step.image_sizes).box_features
+        with torch.no_grad():
+            _, t_pyramid, sizes = self.teacher.forward_features(images)
+            z_t = self.teacher.roi_class_logits(t_pyramid, step.proposals, sizes)
+        labels = torch.cat(step.roi_labels)
+        losses = self.detector_losses(step)
+        losses["ofa"] = self.cfg.ofa_weight * ofa_loss(self.branch(box_features), z_t, labels, self.cfg.eps,
+                                                       self.cfg.temperature)
         return DistillOutput(None, losses)
