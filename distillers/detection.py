@@ -6,11 +6,20 @@ batch's targets are lists of {"boxes", "labels"} and the detector's own losses a
   ROI head runs on the teacher's pyramid for the same proposals, as the official PAT detection code
   (`detection/model/rcnn.py`) does (there without a weight: 1). Background is class 0 in both
   (torchvision's order; detectron2's is last, which KD does not see).
+- `dkd`: DKD on the same ROI logits, the proposals' matched labels as targets (official: alpha 1,
+  beta 0.25, T 1). Background is a class like any other, as officially.
 - `fitnet`: the official detection FitNet (`detection/model/fitnet.py`): MSE between every FPN
   level of the student, through a 1x1 conv + BN + ReLU, and the teacher's, plus KD on the ROI logits.
+- `reviewkd`: the official detection ReviewKD (`detection/model/reviewkd.py`): attention-based
+  fusion over the five FPN levels, deepest first, HCL to the teacher's levels, weight 1, no KD.
+- `ofa`: see `DetectionOFA`. `pat`: `distillers.detection_pat`.
+
+Every method keeps the detector's four torchvision losses (times `gt_weight`) and adds its terms.
 """
 
 from dataclasses import dataclass
+
+from kdbench.validators import opt_in, positive
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +30,8 @@ from kdbench.registry import register_distiller
 from .adapters import init_weights
 from .base import Distiller, DistillOutput, TaskConfig
 from .kd import KDConfig
-from .losses import kd_loss, ofa_loss, standardize_logits
+from .losses import dkd_loss, hcl_loss, kd_loss, ofa_loss, standardize_logits
+from .reviewkd import ABF
 
 
 class DetectionDistiller(Distiller):
@@ -30,6 +40,12 @@ class DetectionDistiller(Distiller):
 
     def detector_losses(self, step):
         return {k: self.cfg.gt_weight * v for k, v in step.losses.items()}
+
+    @torch.no_grad()
+    def teacher_roi_logits(self, images, step):
+        """The teacher's ROI class logits for the student's sampled proposals, on its own pyramid."""
+        _, pyramid, sizes = self.teacher.forward_features(images)
+        return self.teacher.roi_class_logits(pyramid, step.proposals, sizes)
 
 
 @register_distiller("vanilla", task="detection")
@@ -50,14 +66,44 @@ class DetectionKD(DetectionDistiller):
 
     def forward(self, images, targets):
         step = self.student.forward_train(images, targets)
-        z_s = step.class_logits
-        with torch.no_grad():
-            _, pyramid, sizes = self.teacher.forward_features(images)
-            z_t = self.teacher.roi_class_logits(pyramid, step.proposals, sizes)
+        z_s, z_t = step.class_logits, self.teacher_roi_logits(images, step)
         if self.cfg.logit_standardization:
             z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         losses = self.detector_losses(step)
         losses["kd"] = self.cfg.kd_weight * kd_loss(z_s, z_t, self.cfg.temperature)
+        return DistillOutput(None, losses)
+
+
+@dataclass
+class DetectionDKDConfig(TaskConfig):
+    """The official detection config's (model/config.py): alpha 1, beta 0.25, T 1, weight 1."""
+
+    kd_weight: float = 1.0
+    alpha: float = 1.0
+    beta: float = 0.25
+    temperature: float = 1.0
+    logit_standardization: bool = opt_in(False)
+
+    def __post_init__(self):
+        positive("distiller.temperature", self.temperature)
+
+
+@register_distiller("dkd", task="detection")
+class DetectionDKD(DetectionDistiller):
+    """DKD on the ROI class logits of the sampled proposals, their matched labels (0 = background)
+    as the target classes."""
+
+    display_name = "DKD"
+    Config = DetectionDKDConfig
+
+    def forward(self, images, targets):
+        cfg, step = self.cfg, self.student.forward_train(images, targets)
+        z_s, z_t = step.class_logits, self.teacher_roi_logits(images, step)
+        if cfg.logit_standardization:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
+        losses = self.detector_losses(step)
+        losses["dkd"] = cfg.kd_weight * dkd_loss(z_s, z_t, torch.cat(step.roi_labels), cfg.alpha, cfg.beta,
+                                                 cfg.temperature)
         return DistillOutput(None, losses)
 
 
@@ -149,4 +195,41 @@ class DetectionOFA(DetectionDistiller):
         losses = self.detector_losses(step)
         losses["ofa"] = self.cfg.ofa_weight * ofa_loss(self.branch(box_features), z_t, labels, self.cfg.eps,
                                                        self.cfg.temperature)
+        return DistillOutput(None, losses)
+
+
+@dataclass
+class DetectionReviewKDConfig(TaskConfig):
+    """The official detection config's (model/config.py): weight 1; ABF width 256 (the FPN's)."""
+
+    feat_weight: float = 1.0
+    mid_channels: int = 256
+
+
+@register_distiller("reviewkd", task="detection")
+class DetectionReviewKD(DetectionDistiller):
+    """ReviewKD over the FPN levels, deepest ("pool") first: each level's ABF fuses the previous
+    one's output and is trained with HCL against the teacher's level of the same name. Unlike the
+    official code, an ABF whose student and teacher levels differ in size resizes (the official
+    assumes equal pyramids)."""
+
+    display_name = "ReviewKD"
+    Config = DetectionReviewKDConfig
+
+    def __init__(self, student, teacher, cfg, **kw):
+        super().__init__(student, teacher, cfg, **kw)
+        s_specs, t_specs = student.backbone.level_specs, teacher.backbone.level_specs
+        self.abfs = nn.ModuleList(ABF(s, t, cfg.mid_channels, fuse=k > 0)
+                                  for k, (s, t) in enumerate(zip(s_specs[::-1], t_specs[::-1])))
+
+    def forward(self, images, targets):
+        step = self.student.forward_train(images, targets)
+        with torch.no_grad():
+            _, t_pyramid, _ = self.teacher.forward_features(images)
+        residual, feat = None, 0.0
+        for abf, s, t in zip(self.abfs, list(step.pyramid.values())[::-1], list(t_pyramid.values())[::-1]):
+            out, residual = abf(s, residual)
+            feat = feat + hcl_loss(out, t)
+        losses = self.detector_losses(step)
+        losses["hcl"] = self.cfg.feat_weight * feat
         return DistillOutput(None, losses)

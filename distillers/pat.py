@@ -19,11 +19,11 @@ from torch import nn
 
 from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
-from kdbench.validators import at_least, check, one_of, positive, subset_of
+from kdbench.validators import at_least, check, one_of, opt_in, positive, subset_of
 
 from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
-from .losses import hcl_loss, kd_loss
+from .losses import hcl_loss, kd_loss, standardize_logits
 from .pat_prompts import FeedbackState, PromptBlock, SameConv2d, SEBlock  # noqa: F401 (all re-exported)
 
 FAITHFUL_ITEMS = {
@@ -54,6 +54,9 @@ class PATConfig(TaskConfig):
     feedback: str = "prev"          # prev (previous batch) | none | current (this batch, detached)
     faithful: bool = False
     faithful_items: Tuple[str, ...] = ()
+    # LSKD on the KD term (alpha) only: the regulariser compares the teacher with itself, the same
+    # logits' scale on both sides, so z-scoring them there has no purpose
+    logit_standardization: bool = opt_in(False)
 
     def __post_init__(self):
         check_stages(self.afp_stages, "afp_stages")
@@ -225,8 +228,9 @@ class PAT(Distiller):
         t_logits, t_feats = self._clean_teacher(images)
         aligned = self.aligners_out(s_feats)
         t_specs = self.teacher.stage_specs
-        losses = {"gt": self.gt_loss(logits, labels),
-                  "kd": cfg.kd_weight * kd_loss(logits, t_logits, cfg.temperature)}
+        z_s, z_t = (standardize_logits(logits), standardize_logits(t_logits)) if cfg.logit_standardization \
+            else (logits, t_logits)
+        losses = {"gt": self.gt_loss(logits, labels), "kd": cfg.kd_weight * kd_loss(z_s, z_t, cfg.temperature)}
         if cfg.afp:
             feedback = self._feedback(images.shape[0], aligned, t_feats)
             transforms = {s - 1: self._prompt_fn(s, feedback.get(s)) for s in cfg.afp_stages}
@@ -249,6 +253,16 @@ class PAT(Distiller):
         if "teacher_train_first_step" in self.cfg.items:       # the teacher's drifting BN statistics
             state.update({f"teacher.{k}": v for k, v in self.teacher.named_buffers()})
         return state
+
+    @property
+    def prompted(self):
+        """The FeatureModel whose stage inputs take the prompts (the teacher)."""
+        return self.teacher
+
+    @property
+    def target_specs(self):
+        """Shapes of the features the aligners regress (the teacher's stages)."""
+        return self.teacher.stage_specs
 
     def aligners_out(self, s_feats):
         """The student's four stages mapped onto the teacher's stage maps (through RAA if on)."""
@@ -301,14 +315,14 @@ class PAT(Distiller):
         if self.cfg.feedback == "none":
             return {}
         if self.cfg.feedback == "current":
-            t_specs = self.teacher.stage_specs
+            t_specs = self.target_specs
             return {s: aligned[s - 1].detach() - grid_part(t_feats[s - 1], t_specs[s - 1], self.last_cls)[0]
                     for s in self.cfg.afp_stages}
         # previous batch: sliced when this batch is smaller, skipped when it is larger
         return {s: f[:batch] for s, f in self.feedback.maps.items() if f.shape[0] >= batch}
 
     def _prompt_fn(self, stage: int, feedback):
-        block, spec = self.prompts[str(stage)], self.teacher.input_specs[stage - 1]
+        block, spec = self.prompts[str(stage)], self.prompted.input_specs[stage - 1]
 
         def fn(x):
             m, rest = grid_part(x, spec, self.last_cls)

@@ -9,7 +9,8 @@ from .data import dataset_geometry
 from .engine import (autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory,
                      train_step)
 from .errors import UsageError
-from .models import create_feature_model
+from .data import DatasetInfo
+from .tasks import task_of
 from .registry import DISTILLERS, load_plugin
 
 
@@ -34,12 +35,12 @@ def bench(args) -> List[Dict]:
     rows, teachers = [], {}
     # Counting parameters needs no weights: without timed steps, every model is built on the meta device.
     build_on = device if timed else torch.device("meta")
+    info = DatasetInfo(data.dataset, num_classes, in_chans, data.img_size, 0, 0, "")
     for run in runs:
         if run.teacher not in teachers:
             torch.manual_seed(0)
             with build_on:
-                teachers = {run.teacher: create_feature_model(run.teacher, num_classes=num_classes,
-                                                              in_chans=in_chans, img_size=data.img_size)}
+                teachers = {run.teacher: task_of(run.task).model(run.teacher, info, run)}
         with build_on:
             distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
                                         teacher=teachers[run.teacher], device=build_on)
@@ -51,8 +52,8 @@ def bench(args) -> List[Dict]:
                "precision": run.precision}
         if timed:
             forward = torch.compile(distiller) if run.compile else distiller
-            row.update(_time_steps(distiller, forward, run, row["batch_size"], num_classes, in_chans,
-                                   data.img_size, args.steps, args.warmup, device))
+            row.update(_time_steps(distiller, forward, run, row["batch_size"], info, args.steps, args.warmup,
+                                   device))
         rows.append(row)
         del distiller
     for row in rows:
@@ -62,13 +63,10 @@ def bench(args) -> List[Dict]:
     return [r for r in rows if r["distiller"] in names]
 
 
-def _time_steps(distiller, forward, run, batch_size, num_classes, in_chans, img_size, steps, warmup,
-                device) -> Dict:
+def _time_steps(distiller, forward, run, batch_size, info, steps, warmup, device) -> Dict:
     """Steady state: `warmup` steps (timed apart: torch.compile's cost shows there), then `steps`
-    timed ones on a fixed batch."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(device)
-    labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    timed ones on a fixed batch (the task's `fixed_batch`)."""
+    images, labels = task_of(run.task).fixed_batch(batch_size, info, device)
     recipe = run.recipe
     optimizer = build_optimizer(param_groups(distiller, recipe.weight_decay), recipe, device)
     params = [p for p in distiller.parameters() if p.requires_grad]

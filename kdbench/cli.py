@@ -116,9 +116,10 @@ def cmd_list(args) -> int:
     for module in args.plugin:
         load_plugin(module)
     if args.what == "distillers":
-        rows = [{"name": n, "config": {f.name: f.default for f in dataclasses.fields(DISTILLERS.get(n).Config)
-                                        if f.default is not dataclasses.MISSING}} for n in DISTILLERS.names()]
-        _emit(rows, args.json, lambda r: f"{r['name']:12s} {r['config']}")
+        rows = [{"name": n, "tasks": DISTILLERS.tasks_of(n),
+                 "config": {f.name: f.default for f in dataclasses.fields(DISTILLERS.get(n).Config)
+                            if f.default is not dataclasses.MISSING}} for n in DISTILLERS.names()]
+        _emit(rows, args.json, lambda r: f"{r['name']:12s} {r['config']}  (tasks: {', '.join(r['tasks'])})")
     elif args.what == "presets":
         rows = [{"name": n, "description": load_preset(n).description.strip()} for n in preset_names()]
         _emit(rows, args.json, lambda r: f"{r['name']:8s} {r['description']}")

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from .assets import asset
+from .detection.config import DetectorConfig
 from .data import DataConfig
 from .errors import UsageError, unknown_choice, user_error
 from .models.zoo import member_definition
@@ -105,6 +106,7 @@ class Preset:
     seeds: int = 3
     pairs: str = "all"                       # what `--pairs all` means here (imagenet: the 15 pairs)
     task: str = "classification"             # classification | detection: every run and teacher of the preset
+    detector: DetectorConfig = DetectorConfig()   # detection: the Faster R-CNN's sizes and sampling
 
 
 @dataclass
@@ -125,6 +127,7 @@ class RunConfig:
     compile: bool = False
     precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | bf16 (autocast)
     task: str = opt_in("classification")     # classification | detection (a preset's task)
+    detector: DetectorConfig = opt_in(DetectorConfig())   # detection: the preset's detector sizes
     deterministic: bool = False  # deterministic CUDA kernels, no cuDNN autotuning (no effect on a CPU)
 
     def __post_init__(self):
@@ -161,7 +164,7 @@ class RunConfig:
         raw = {k: v for k, v in d.items() if k != "models"}
         method = dict(raw.pop("distiller"))
         name = method.pop("name")
-        config = build(DISTILLERS.get(name).Config, method, f"distiller {name}")
+        config = build(DISTILLERS.get(name, raw.get("task", "classification")).Config, method, f"distiller {name}")
         return build(cls, {**raw, "distiller": name, "distiller_config": config}, "run config")
 
     def hash(self) -> str:

@@ -43,7 +43,7 @@ def execute_dry_run(plan, steps: int, context: RunContext = LOCAL) -> int:
         label = f"[{k}/{len(cells)}] {run.distiller} {run.teacher}->{run.student}"
         teacher, note = None, None
         try:
-            if DISTILLERS.get(run.distiller).requires_teacher:
+            if DISTILLERS.get(run.distiller, run.task).requires_teacher:
                 if run.teacher not in teachers:
                     teachers = {run.teacher: get_teacher(plan.preset, run.teacher, plan.data, plan.teacher_cfg,
                                                          out=plan.out, device=plan.device, context=context, dry_run=True)}

@@ -57,12 +57,14 @@ def lr_at(step: int, total: int, warmup: int, r: RecipeConfig) -> float:
 
 def param_groups(distiller, weight_decay: float):
     """No weight decay on 1-D parameters and on the student's `no_weight_decay()` set."""
-    nwd = getattr(distiller.student.model, "no_weight_decay", lambda: set())()
+    timm_model = getattr(distiller.student, "feature_model", distiller.student).model   # a Detector's backbone
+    prefix = next(name + "." for name, m in distiller.named_modules() if m is timm_model)
+    nwd = getattr(timm_model, "no_weight_decay", lambda: set())()
     decay, no_decay = [], []
     for name, p in distiller.named_parameters():
         if not p.requires_grad:
             continue
-        local = name[len("student.model."):] if name.startswith("student.model.") else None
+        local = name[len(prefix):] if name.startswith(prefix) else None
         (no_decay if p.ndim <= 1 or local in nwd else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -158,7 +160,7 @@ def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size
     if cls.requires_teacher and teacher is None:
         raise UsageError(f"distiller '{run.distiller}' needs a teacher")
     torch.manual_seed(run.seed)
-    student = task_of(run.task).model(run.student, DatasetInfo("", num_classes, in_chans, img_size, 0, 0, ""))
+    student = task_of(run.task).model(run.student, DatasetInfo("", num_classes, in_chans, img_size, 0, 0, ""), run)
     distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
                     num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
     distiller.to(device)
@@ -363,7 +365,7 @@ class Trainer:
             self.save_checkpoint(wall)
             self.write_metrics()
             self.log(f"  {self.label} epoch {self.epoch}/{r.epochs}  loss {sum(losses.values()):.4f}  "
-                     f"top1 {metrics['top1']:.2f}  {ips:.0f} img/s  {wall:.0f}s")
+                     f"{self.run.metric} {metrics[self.run.metric]:.2f}  {ips:.0f} img/s  {wall:.0f}s")
             self.on_epoch()
             if self._stop_agreed() and self.epoch < r.epochs:
                 raise Interrupted(f"stopped after epoch {self.epoch}; checkpoint saved")

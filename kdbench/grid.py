@@ -117,6 +117,7 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
                                       distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
                                       teacher_config=teacher_cfg, compile=compile_,
                                       precision=recipe.precision_on(device or _CPU), task=preset.task,
+                                      detector=preset.detector,
                                       deterministic=deterministic) for seed in seeds)
             except ValueError as exc:
                 raise user_error(exc, "run") from None
@@ -145,7 +146,7 @@ def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], gr
     `build` and `apply_overrides` turn the config's ValueError into one.
     """
     from .registry import DISTILLERS
-    cls = DISTILLERS.get(name)
+    cls = DISTILLERS.get(name, preset.task)
     cfg = build(cls.Config, dict(preset.distillers.get(name, {})), f"distiller {name}")
     mine = {}
     for key, value in overrides.items():
@@ -161,8 +162,8 @@ def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], gr
                 mine["distiller." + ".".join(parts[2:])] = value
         elif parts[1] in _fields(cls.Config):
             mine[key] = value
-        elif not any(parts[1] in _fields(DISTILLERS.get(n).Config) for n in grid):
-            valid = sorted(set().union(*(_fields(DISTILLERS.get(n).Config) for n in grid)))
+        elif not any(parts[1] in _fields(DISTILLERS.get(n, preset.task).Config) for n in grid):
+            valid = sorted(set().union(*(_fields(DISTILLERS.get(n, preset.task).Config) for n in grid)))
             raise unknown_choice(f"key '{key}' for {', '.join(grid)}; field", parts[1], valid)
     return apply_overrides(cfg, mine, "distiller")
 

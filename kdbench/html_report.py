@@ -138,6 +138,18 @@ def _summary(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _metric(doc: dict) -> Tuple[str, str]:
+    """(the document's metric key, as people read it): ("top1", "top-1") or ("map", "mAP")."""
+    key = str(doc.get("metric") or "top1").split()[0]
+    return key, {"top1": "top-1", "map": "mAP"}.get(key, key)
+
+
+def _relabel(text: str, label: str) -> str:
+    """`text` written for top-1, for the document's metric."""
+    capital = label if label[1:2].isupper() else label[:1].upper() + label[1:]       # mAP stays mAP
+    return text.replace("Top-1", capital).replace("top-1", label)
+
+
 def _pair(c: dict) -> str:
     return c.get("pair") or f"{c.get('teacher') or DASH} → {c.get('student') or DASH}"
 
@@ -183,20 +195,21 @@ def _cell_row(i: int, c: dict) -> str:
 
 
 def _cells_table(doc: dict) -> str:
-    head = [f'<th data-key="{k}" data-type="{t}" aria-sort="none" tabindex="0" title="{_e(tip)}">{_e(h)}</th>'
-            for k, h, t, tip in COLUMNS]
+    label = _metric(doc)[1]
+    head = [f'<th data-key="{k}" data-type="{t}" aria-sort="none" tabindex="0" title="{_e(_relabel(tip, label))}">'
+            f'{_e(_relabel(h, label))}</th>' for k, h, t, tip in COLUMNS]
     ref = _e(doc.get("reference") or DASH)
     rows = [_cell_row(i, _dict(c)) for i, c in enumerate(_list(doc.get("cells")))]
     return (f"<h2>Cells</h2><p>Click a header to sort (again: descending). Δ and p: against <code>{ref}</code>."
             "</p>\n" + _table(head, rows, ' id="cells" class="cells"'))
 
 
-def _figures(figures: dict) -> str:
+def _figures(figures: dict, label: str = "top-1") -> str:
     keys = [k for k in [*FIGURE_CAPTIONS, *sorted(set(figures) - set(FIGURE_CAPTIONS))] if figures.get(k)]
     out = ["<h2>Figures</h2>"] if keys else []
     for k in keys:
         data = base64.b64encode(bytes(figures[k])).decode("ascii")
-        cap = _e(FIGURE_CAPTIONS.get(k, k))
+        cap = _e(_relabel(FIGURE_CAPTIONS.get(k, k), label))
         out.append(f'<figure><img alt="{cap}" src="data:image/png;base64,{data}"><figcaption>{cap}</figcaption></figure>')
     return "\n".join(out)
 
@@ -258,7 +271,7 @@ def _panel(x0: int, series: List[Tuple[str, str, list, bool]], x_max: float) -> 
     return "".join(out)
 
 
-def curve_svg(seeds: dict) -> str:
+def curve_svg(seeds: dict, metric: Tuple[str, str] = ("top1", "top-1")) -> str:
     """An SVG for one cell's runs ({seed: metrics rows}): each loss term (left) and train / test
     top-1 (right) over epochs, averaged over the seeds; "" when the rows hold nothing to draw."""
     train = [r for rows in seeds.values() for r in _list(rows) if _dict(r).get("kind") == "train"]
@@ -269,14 +282,14 @@ def curve_svg(seeds: dict) -> str:
              False) for i, t in enumerate(terms)]
     top1 = [("train top-1", PALETTE[2], _mean_series(seeds, lambda r: r.get("kind") == "train",
                                                       lambda r: r.get("train_top1")), False),
-            ("test top-1", PALETTE[3], _mean_series(seeds, _is_eval, lambda r: r.get("top1")), True)]
+            (f"test {metric[1]}", PALETTE[3], _mean_series(seeds, _is_eval, lambda r: r.get(metric[0])), True)]
     panels = [[s for s in group if s[2]] for group in (loss, top1)]
     xs = [x for group in panels for *_, pts, _ in group for x, _ in pts]
     if not xs:
         return ""
     body = "".join(f'<g>{_panel(i * PANEL_W, group, max(xs))}'
                    f'<text x="{i * PANEL_W + PAD_L}" y="{PANEL_H + 2 * LEGEND_H - 2}" class="t">'
-                   f'{"loss" if i == 0 else "top-1 (%)"} vs epoch</text></g>' for i, group in enumerate(panels) if group)
+                   f'{"loss" if i == 0 else metric[1] + " (%)"} vs epoch</text></g>' for i, group in enumerate(panels) if group)
     return (f'<svg viewBox="0 0 {2 * PANEL_W} {PANEL_H + 2 * LEGEND_H}" '
             f'width="{2 * PANEL_W}" height="{PANEL_H + 2 * LEGEND_H}" class="curve">{body}</svg>')
 
@@ -299,7 +312,7 @@ def _curves(doc: dict, curves: dict) -> str:
         charts = []
         for method, key in items:
             seeds = _dict(curves.get(key))
-            svg = curve_svg(seeds) or f"<p>{DASH}</p>"
+            svg = curve_svg(seeds, _metric(doc)) or f"<p>{DASH}</p>"
             charts.append(f"<figure class=curve><figcaption>{_e(method or DASH)} ({len(seeds)} seed"
                           f"{'' if len(seeds) == 1 else 's'}, mean)</figcaption>{svg}</figure>")
         out.append(f"<details><summary>{_e(pair)}</summary>{''.join(charts)}</details>")
@@ -344,6 +357,6 @@ def render_html(doc: dict, *, figures: dict, curves: dict) -> str:
     doc, figures, curves = _dict(doc), _dict(figures), _dict(curves)
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<style>\n{STYLE}\n</style>", _header(doc), _summary(doc), _cells_table(doc), _figures(figures),
+             f"<style>\n{STYLE}\n</style>", _header(doc), _summary(doc), _cells_table(doc), _figures(figures, _metric(doc)[1]),
              _curves(doc, curves), f"<script>\n{SCRIPT}\n</script>", "</body></html>"]
     return "\n".join(p for p in parts if p) + "\n"

@@ -27,6 +27,7 @@ GROUPS = {"cnn-students": "CNN students", "vit-mlp-students": "ViT-MLP students"
           "imagenet-cnn-students": "CNN students", "imagenet-vit-students": "ViT students",
           "imagenet-mlp-students": "MLP students", "det-cnn-students": "CNN students", "custom": "Other pairs"}
 ALL_PAIRS = "all pairs"
+METRIC_LABELS = {"top1": "top-1", "map": "mAP"}   # how a table names its metric
 COSTS = ("wall_s", "train_img_per_s", "peak_mem_mb")          # per run; the cell reports their means
 
 
@@ -117,6 +118,12 @@ class Table:
                 for d in self.distillers}
     published_protocol: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    metric: str = "top1"                      # the records' headline: top1, or map (detection)
+
+    def label(self, capital: bool = False) -> str:
+        """The metric as tables print it: top-1 / Top-1, or mAP."""
+        text = METRIC_LABELS.get(self.metric, self.metric)
+        return text[:1].upper() + text[1:] if capital and not text[1:2].isupper() else text
 
 
 # -- collect ---------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
     order, by_scaled = _pair_order(preset)
     keep_pair, keep_distiller = _filters(root / preset, preset, seed_dirs, pairs, distillers)
     rows: Dict[tuple, Row] = {}
-    problems, datasets = [], set()
+    problems, datasets, metrics = [], set(), set()
     for d in (d for d in seed_dirs if d.parts[-4] == preset):
         if finished_only and not has_record_file(d):
             continue
@@ -163,7 +170,7 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
                                            by_scaled.get(student, student),
                                            GROUPS.get(pair[1].set if pair else "custom", GROUPS["custom"]))
         row = rows[(teacher, student)]
-        problem = _add_run(row, row.cells.setdefault(d.parts[-2], Cell(d.parts[-2])), d, datasets)
+        problem = _add_run(row, row.cells.setdefault(d.parts[-2], Cell(d.parts[-2])), d, datasets, metrics)
         if problem:
             problems.append({"status": problem[0], "dir": str(d.relative_to(root)), "error": problem[1]})
     rows_sorted = sorted(rows.values(), key=lambda r: (order.get((r.teacher, r.student), (len(order),))[0],
@@ -175,8 +182,11 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
     elif reference not in names:
         raise unknown_choice(f"reference distiller (runs under '{root / preset}')", reference, names)
     problems.sort(key=lambda p: (p["status"], p["dir"]))
+    if len(metrics) > 1:
+        raise UsageError(f"runs under '{root / preset}' report different metrics ({', '.join(sorted(metrics))}): "
+                         "one leaderboard ranks one metric")
     table = Table(str(root), preset, ", ".join(sorted(str(x) for x in datasets)) or None, reference, names,
-                  rows_sorted, problems)
+                  rows_sorted, problems, metric=next(iter(metrics), "top1"))
     _compute(table)
     _attach_published(table)
     return table
@@ -204,7 +214,7 @@ def _filters(where: Path, preset: str, seed_dirs, pairs: Optional[str], distille
 
 
 
-def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
+def _add_run(row: Row, cell: Cell, d: Path, datasets: set, metrics: set):
     """Add one seed directory to its cell; returns (status, error) for a run that is not averaged."""
     try:
         rec = read_record(d)
@@ -217,14 +227,16 @@ def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
             return "unreadable", f"{RESULT_FILE} is not valid JSON"
         cell.unfinished += 1
         return "unfinished", f"{CHECKPOINT}, no {RESULT_FILE}" if (d / CHECKPOINT).exists() else f"no {RESULT_FILE}"
-    if rec.status != "done" or rec.top1 is None or not math.isfinite(rec.top1):
+    value = rec.headline
+    if rec.status != "done" or value is None or not math.isfinite(value):
         cell.failed += 1
-        return "failed", rec.error or f"status {rec.status!r} without a finite top1"
+        return "failed", rec.error or f"status {rec.status!r} without a finite {rec.metric}"
     seed = int(d.name[4:])
-    cell.values[seed] = float(rec.top1)
+    cell.values[seed] = float(value)
     cell.dirs[seed] = d
-    if rec.best_top1 is not None:
-        cell.best[seed] = float(rec.best_top1)
+    best = rec.best_top1 if rec.metric == "top1" else (rec.metrics or {}).get(f"best_{rec.metric}")
+    if best is not None:
+        cell.best[seed] = float(best)
     for name in COSTS:
         if getattr(rec, name, None) is not None:
             cell.costs.setdefault(name, {})[seed] = float(getattr(rec, name))
@@ -233,6 +245,7 @@ def _add_run(row: Row, cell: Cell, d: Path, datasets: set):
             cell.params[name] = getattr(rec, name)
     cell.hashes.add(_config_without_seed(rec))
     datasets.add(rec.dataset)
+    metrics.add(rec.metric)
     if rec.teacher_top1 is not None:
         row.teacher_top1 = float(rec.teacher_top1)
     return None

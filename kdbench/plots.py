@@ -91,7 +91,7 @@ def plot_pairs(table: Table, path) -> None:
     """Mean top-1 per pair and distiller with 95% t-interval error bars (none where n = 1); the y axis
     fits the data."""
     _per_pair(table, path, lambda cell, ref: cell.summary if cell.mean is not None else None,
-              "top-1 (%), final epoch", f"{table.preset}: mean top-1 ± 95% t-interval over seeds")
+              f"{table.label()} (%), final epoch", f"{table.preset}: mean {table.label()} ± 95% t-interval over seeds")
 
 
 def plot_diffs(table: Table, path) -> None:
@@ -104,7 +104,7 @@ def plot_diffs(table: Table, path) -> None:
         if c is None or c.diff is None:
             return None
         return stats.Summary(c.n, c.diff, None, c.ci_low, c.ci_high)
-    _per_pair(table, path, diff, f"top-1 difference to {method_display(table.reference)} (points)",
+    _per_pair(table, path, diff, f"{table.label()} difference to {method_display(table.reference)} (points)",
               f"{table.preset}: seed-paired difference to {method_display(table.reference)} ± 95% t-interval",
               zero_line=True, skip=table.reference)
 

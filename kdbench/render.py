@@ -114,8 +114,8 @@ def _footer(table: Table):
 def _notes(table: Table) -> List[str]:
     fr = table.friedman
     n_cmp = sum(1 for r in table.rows for c in r.cells.values() if c.comparison and c.comparison.p_t is not None)
-    notes = ["Top-1 (%) at the final epoch: mean ± std over seeds (number of runs); bold: best mean in the row. "
-             "Best-epoch top-1 (as the papers report it; optimistic) is in the CSV/JSON output."]
+    notes = [f"{table.label(True)} (%) at the final epoch: mean ± std over seeds (number of runs); bold: best mean in "
+             f"the row. Best-epoch {table.label()} (as the papers report it; optimistic) is in the CSV/JSON output."]
     if any(c.summary.n == 1 for r in table.rows for c in r.cells.values()):
         notes.append("Cells with one run show no std; they get no interval and no test.")
     if BASELINE not in table.distillers:
@@ -164,7 +164,7 @@ def _title(table: Table) -> str:
 
 def _markdown(table: Table) -> str:
     cols = _header(table)
-    lines = [f"## {_title(table)}", "", "| teacher → student | teacher top-1 | " + " | ".join(c[2] for c in cols) + " |",
+    lines = [f"## {_title(table)}", "", f"| teacher → student | teacher {table.label()} | " + " | ".join(c[2] for c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     group = None
     for row in table.rows:
@@ -195,7 +195,7 @@ def _latex(table: Table) -> str:
     n = len(cols) + 2
     lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
              rf"\caption{{{_tex(_title(table))}}}", r"\begin{tabular}{ll" + "c" * len(cols) + "}", r"\toprule",
-             "Teacher $\\rightarrow$ Student & Teacher top-1 & " + " & ".join(_tex(c[2]) for c in cols) + r" \\",
+             f"Teacher $\\rightarrow$ Student & Teacher {table.label()} & " + " & ".join(_tex(c[2]) for c in cols) + r" \\",
              r"\midrule"]
     group = None
     for row in table.rows:
@@ -274,7 +274,7 @@ def _csv(table: Table) -> str:
 def _json(table: Table) -> str:
     fr = table.friedman
     doc = {"preset": table.preset, "dataset": table.dataset, "out": table.out, "reference": table.reference,
-           "metric": "top1 (final epoch, %)", "distillers": [
+           "metric": f"{table.metric} (final epoch, %)", "distillers": [
                {"name": d, "method": method_display(d), "avg_gain_over_vanilla": table.gains.get(d, {}).get("gain"),
                 "gain_pairs": table.gains.get(d, {}).get("pairs"),
                 "avg_rank": fr.avg_ranks[i] if fr.n else None} for i, d in enumerate(table.distillers)],

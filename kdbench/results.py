@@ -152,7 +152,7 @@ class RunRecord:
         final = {k: v for k, v in last.items() if k not in ("kind", "epoch", "step", "lr", "img_per_s", "loss")}
         return cls(status="done", distiller=run.distiller, teacher=run.teacher, student=run.student,
                    preset=run.preset, dataset=dataset, seed=run.seed, task=run.task, metric=metric,
-                   metrics=None if metric == "top1" else final,
+                   metrics=None if metric == "top1" else {**final, f"best_{metric}": best[metric]},
                    top1=last.get("top1"), top5=last.get("top5"),
                    best_top1=best.get("top1"), best_epoch=best["epoch"], ema_top1=last.get("ema_top1"),
                    teacher_top1=teacher_top1, epochs=r.epochs, wall_s=round(wall_s, 2),

@@ -4,8 +4,6 @@ The one training loop (`engine.Trainer`) and the teacher zoo ask the run's task 
 its loaders, a model by name, and the evaluation of a model; steps, checkpoints, records, locks
 and the leaderboard are shared. A task's `metric` is the key of its headline in the evaluation
 (and so in a record: `RunRecord.metric`).
-
-WIP (issue 17): the engine and teachers do not call this yet; see docs/detection-plan.md.
 """
 
 from typing import Dict
@@ -13,6 +11,8 @@ from typing import Dict
 import torch
 
 from .data import build_loaders
+from .data.config import DETECTION_DATASETS
+from .errors import UsageError
 from .models import create_feature_model
 
 
@@ -23,13 +23,22 @@ class Classification:
 
     def loaders(self, run, *, batch_size: int, device, rank: int = 0, world_size: int = 1):
         r = run.recipe
+        if run.data.dataset in DETECTION_DATASETS:
+            raise UsageError(f"dataset '{run.data.dataset}' is a detection set: its preset needs `task: detection`")
         return build_loaders(run.data, batch_size=batch_size, device=device, seed=run.seed, mixup=r.mixup,
                              cutmix=r.cutmix, label_smoothing=r.label_smoothing,
                              eval_batch_size=r.eval_batch_size, rank=rank, world_size=world_size)
 
-    def model(self, name: str, info):
+    def model(self, name: str, info, run=None):
         return create_feature_model(name, num_classes=info.num_classes, in_chans=info.in_chans,
                                     img_size=info.img_size)
+
+    def fixed_batch(self, batch_size: int, info, device, seed: int = 0):
+        """A seeded random batch (normal images, uniform labels) for timing steps."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        images = torch.randn(batch_size, info.in_chans, info.img_size, info.img_size, generator=g)
+        labels = torch.randint(0, info.num_classes, (batch_size,), generator=g)
+        return images.to(device), labels.to(device)
 
     @torch.inference_mode()
     def evaluate(self, model, loader, device, autocast) -> Dict[str, float]:

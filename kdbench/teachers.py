@@ -33,7 +33,7 @@ def teacher_run(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherCon
         data = dataclasses.replace(data, train_limit=tcfg.train_limit)
     return RunConfig(preset=preset.name, teacher=teacher, student=teacher, seed=tcfg.seed, distiller="vanilla",
                      distiller_config=TaskConfig(), recipe=recipe, data=data, teacher_config=tcfg,
-                     precision=recipe.precision_on(device), task=preset.task)
+                     precision=recipe.precision_on(device), task=preset.task, detector=preset.detector)
 
 
 def teacher_dir(out: Path, preset: str, teacher: str) -> Path:
@@ -48,8 +48,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fresh_model(teacher: str, info, device, task: str = "classification"):
-    return task_of(task).model(teacher, info).to(device)
+def _fresh_model(run: RunConfig, info, device):
+    """The untrained teacher model of the teacher run `run` (its task's kind of model)."""
+    return task_of(run.task).model(run.teacher, info, run).to(device)
 
 
 def teacher_in_use(out: Path, preset: str, teacher: str) -> bool:
@@ -92,12 +93,12 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
     manifest, reason = dist.broadcast((manifest, _stale_reason(manifest, tdir, run) if main else None))
     if dry_run and reason is not None:
         _, _, info = _loaders(run, device)
-        fm = _fresh_model(teacher, info, device, run.task).eval().requires_grad_(False)
+        fm = _fresh_model(run, info, device).eval().requires_grad_(False)
         return fm, TeacherManifest(source="train", architecture=teacher,
                                    note=f"freshly initialised ({reason}; dry run)")
     if reason is None:
         _, eval_loader, info = _loaders(run, device)
-        fm = _fresh_model(teacher, info, device, run.task)
+        fm = _fresh_model(run, info, device)
         fm.load_deployable_state(torch.load(tdir / WEIGHTS, map_location=device, weights_only=True))
         fm.eval().requires_grad_(False)
         if verify:
@@ -183,7 +184,7 @@ def _load_released(preset, teacher, data, tcfg, *, out, device, context, dry_run
     run = teacher_run(preset, teacher, data, dataclasses.replace(tcfg, source="checkpoint"), device)
     state, weights = read_weights(path, use_ema=tcfg.use_ema)
     _, eval_loader, info = _loaders(run, device)
-    fm = _fresh_model(teacher, info, device)
+    fm = _fresh_model(run, info, device)
     _load_strict(fm, state, path, teacher, info.num_classes)
     fm.eval().requires_grad_(False)
     digest = sha256_file(path)

@@ -1,5 +1,5 @@
 """Logit standardisation (LSKD, CVPR 2024): the z-score by hand, its invariances, equality with plain
-KD on standardised logits, the switch on kd/dkd/ofa, and the `kd+ls` column at the paper's defaults."""
+KD on standardised logits, the switch on kd/dkd/ofa/pat, and the `kd+ls` column at the paper's defaults."""
 
 import dataclasses
 import math
@@ -62,8 +62,25 @@ def test_switch_standardises_the_logit_terms(name):
         assert torch.allclose(b.losses["dkd"], cfg.kd_weight * want, atol=1e-6)
 
 
+def test_pat_switch_standardises_its_kd_term_only():
+    """PAT's KD term (alpha) sees z-scored logits; the regulariser compares the teacher with itself and
+    keeps the raw ones."""
+    plain = make("pat", "kdbench_swin_t_xs", "kdbench_resnet18_xs", dim=16, heads=2, num_queries=16).train()
+    ls = make("pat", "kdbench_swin_t_xs", "kdbench_resnet18_xs", dim=16, heads=2, num_queries=16,
+              logit_standardization=True).train()
+    ls.load_state_dict(plain.state_dict())
+    images, labels = batch()
+    a, b = plain(images, labels), ls(images, labels)
+    for term in ("gt", "pat_fd", "pat_reg"):
+        assert torch.equal(a.losses[term], b.losses[term]), term
+    with torch.no_grad():
+        s, t = ls.student.logits(images), ls.teacher_logits(images)
+    want = ls.cfg.kd_weight * kd_loss(standardize_logits(s), standardize_logits(t), ls.cfg.temperature)
+    assert torch.allclose(b.losses["kd"], want, atol=1e-6) and not torch.allclose(a.losses["kd"], want)
+
+
 def test_switch_off_keeps_the_recorded_config_and_hash():
-    for name in ("kd", "dkd", "ofa"):
+    for name in ("kd", "dkd", "ofa", "pat"):
         cfg = DISTILLERS.get(name).Config()
         assert "logit_standardization" not in _plain(cfg, full=False)             # opt-in: old hashes hold
         assert _plain(dataclasses.replace(cfg, logit_standardization=True), full=False)["logit_standardization"]

@@ -15,7 +15,8 @@ from kdbench.models.families import family_of_prefix
 from kdbench.models.zoo import PREFIX, SCALED_MODELS
 
 # Channels of each dataset (synthetic ones take theirs from the preset's data section).
-_DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet": 3}
+_DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet": 3, "synthetic-det": 3, "fmnist-det": 3,
+                     "coco": 3}
 # Members of these presets are also run with real weights; every preset's members get the meta-device
 # shape test (the others share the `_s` members at another size, or are paper-scale timm models).
 _REAL_PRESETS = ("smoke", "tiny")

@@ -9,18 +9,22 @@ from typing import Optional
 import torch
 
 from kdbench.errors import UsageError, unknown_choice
-from kdbench.validators import unhashed
+from kdbench.validators import opt_in, unhashed
 
-DATASETS = ("synthetic", "fashion-mnist", "cifar10", "cifar100", "imagenet")
+CLASSIFICATION_DATASETS = ("synthetic", "fashion-mnist", "cifar10", "cifar100", "imagenet")
+DETECTION_DATASETS = ("synthetic-det", "fmnist-det", "coco")     # generated sets (kdbench.detection), COCO 2017
+DATASETS = CLASSIFICATION_DATASETS + DETECTION_DATASETS
 
 STATS = {  # per-channel mean, std in [0, 1] units
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_GEOMETRY = {"fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "imagenet": (1000, 3)}
+_GEOMETRY = {"fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "imagenet": (1000, 3),
+             "synthetic-det": (10, 3), "fmnist-det": (10, 3), "coco": (80, 3)}   # detection: foreground classes
 _SIZES = {"fashion-mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000),
-          "imagenet": (1281167, 50000)}
+          "imagenet": (1281167, 50000), "coco": (118287, 5000),
+          "synthetic-det": (2000, 500), "fmnist-det": (2000, 500)}   # generated: their default sizes
 
 
 @dataclass
@@ -39,7 +43,8 @@ class DataConfig:
     synthetic_channels: int = 3
     synthetic_train: int = 2048
     synthetic_test: int = 512
-    workers: int = unhashed(4)             # DataLoader workers (imagenet only; not in the hash)
+    workers: int = unhashed(4)             # DataLoader workers (imagenet, coco; not in the hash)
+    resize_short: int = opt_in(0)          # coco: shorter side in px, longer <= img_size (the canvas); 0 = fit
 
 
 @dataclass

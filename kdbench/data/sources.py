@@ -20,6 +20,7 @@ _LAYOUTS = {
     "cifar10": "DIR/cifar-10-batches-py/ with data_batch_1..5 and test_batch",
     "cifar100": "DIR/cifar-100-python/ with train and test",
     "imagenet": "DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG",
+    "coco": "DIR/annotations/instances_{train,val}2017.json with DIR/train2017/ and DIR/val2017/",
 }
 _HINTS = {
     "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist`, run once online to download it, "
@@ -32,6 +33,8 @@ _HINTS = {
                 "or run once online to download it",
     "imagenet": "ImageNet cannot be downloaded automatically; pass --data-root DIR with "
                 "DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (or set $KDBENCH_DATA=DIR)",
+    "coco": "download COCO 2017 (train2017, val2017, annotations_trainval2017 from cocodataset.org) into DIR "
+            "and pass --data-root DIR (or set $KDBENCH_DATA=DIR)",
 }
 
 
@@ -52,6 +55,10 @@ def locate(dataset: str, root: Path) -> Optional[Path]:
         return root / folder if ok else None
     if dataset == "imagenet":
         return root if (root / "train").is_dir() and (root / "val").is_dir() else None
+    if dataset == "coco":
+        ok = all((root / "annotations" / f"instances_{s}2017.json").is_file() and (root / f"{s}2017").is_dir()
+                 for s in ("train", "val"))
+        return root if ok else None
     return None
 
 
@@ -71,11 +78,14 @@ def resolve_root(dataset: str, root: Optional[str] = None) -> Path:
     Order: explicit `root` (no fallback if the data is not there), `$KDBENCH_DATA`, known
     system locations, the download cache `~/.cache/kdbench/data`, then a torchvision download
     into that cache. Raises UsageError saying what was tried and how to get the data.
-    The synthetic dataset has no files: its root is `Path("procedural")`.
+    The synthetic datasets have no files: their root is `Path("procedural")`; fmnist-det's is
+    Fashion-MNIST's (the generated set itself goes to the cache).
     """
     check_name(dataset)
-    if dataset == "synthetic":
+    if dataset in ("synthetic", "synthetic-det"):
         return Path("procedural")
+    if dataset == "fmnist-det":             # generated from Fashion-MNIST into the cache (kdbench.detection)
+        return resolve_root("fashion-mnist", root)
     if root is not None:
         path = Path(root).expanduser()
         if locate(dataset, path) is None:

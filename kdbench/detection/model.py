@@ -37,7 +37,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from kdbench.errors import UsageError
-from kdbench.models import FeatureModel, create_feature_model
+from kdbench.models import FeatureModel, StageSpec, create_feature_model
 
 Pyramid = Dict[str, torch.Tensor]   # an OrderedDict: "0".."3", "pool"
 LEVELS = ("0", "1", "2", "3")
@@ -65,7 +65,8 @@ class StagePyramid(nn.Module):
     feed the FPN directly; backbones whose stages share one grid are resampled by 4, 2, 1, 1/2 first
     (see the module docstring). `stage_norms` adds a channel LayerNorm to each stage map before that,
     as detectron2's Swin backbone does (`norm0`..`norm3`; needed to load its checkpoints).
-    `strides` are the levels' strides in input pixels, "pool" included.
+    `level_specs` are the FPN levels' shapes ("0".."3", "pool"; NCHW maps) and `strides` their
+    strides in input pixels.
     """
 
     def __init__(self, feature_model: FeatureModel, out_channels: int = 256, stage_norms: bool = False):
@@ -89,9 +90,10 @@ class StagePyramid(nn.Module):
         self.resample = nn.ModuleList(_resampler(c, k) for c, k in zip(channels, shifts))
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
-        heights = [g[0] * 2 ** k if k >= 0 else g[0] // 2 ** -k for g, k in zip(grids, shifts)]
-        heights.append((heights[-1] + 1) // 2)
-        self.strides = tuple(round(feature_model.img_size / h) for h in heights)
+        level_grids = [tuple(d * 2 ** k if k >= 0 else d // 2 ** -k for d in g) for g, k in zip(grids, shifts)]
+        level_grids.append(tuple((d + 1) // 2 for d in level_grids[-1]))      # "pool": a stride-2 subsample
+        self.level_specs = [StageSpec("map", out_channels, g) for g in level_grids]
+        self.strides = tuple(round(feature_model.img_size / g[0]) for g in level_grids)
 
     @property
     def feature_model(self) -> FeatureModel:

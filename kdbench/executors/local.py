@@ -92,7 +92,7 @@ class LocalExecutor:
 
     def _teacher_busy(self, plan: Plan, run: RunConfig) -> bool:
         from ..teachers import teacher_in_use
-        if not DISTILLERS.get(run.distiller).requires_teacher or run.teacher == self._teacher[0]:
+        if not DISTILLERS.get(run.distiller, run.task).requires_teacher or run.teacher == self._teacher[0]:
             return False
         return self.context.dist.broadcast(self.context.dist.is_main
                                            and teacher_in_use(plan.out, plan.preset.name, run.teacher))
@@ -132,7 +132,7 @@ class LocalExecutor:
 
     def _train(self, plan: Plan, run: RunConfig, rdir: Path, label: str, stop, lock):
         from ..engine import Trainer
-        teacher, manifest = self._teacher_of(plan, run, stop) if DISTILLERS.get(run.distiller).requires_teacher \
+        teacher, manifest = self._teacher_of(plan, run, stop) if DISTILLERS.get(run.distiller, run.task).requires_teacher \
             else (None, None)
         trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
                           teacher_top1=manifest.top1 if manifest else None, context=self.context, label=label,

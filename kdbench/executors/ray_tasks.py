@@ -56,7 +56,7 @@ class RayExecutor:
             plan.device_name == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=True)(run_cell)
         t0 = time.perf_counter()
-        need = list(dict.fromkeys(r.teacher for r in plan.runs if DISTILLERS.get(r.distiller).requires_teacher))
+        need = list(dict.fromkeys(r.teacher for r in plan.runs if DISTILLERS.get(r.distiller, r.task).requires_teacher))
         log(f"kdbench: ray: {len(need)} teachers, then {len(plan.runs)} cells ({gpus} GPU per task)")
         if any(ray.get([task.remote(plan.subset([], [t]).to_json(), True) for t in need])):
             log("kdbench: ray: a teacher could not be prepared; see the task logs")

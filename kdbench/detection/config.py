@@ -1,0 +1,31 @@
+"""The `detector:` section of a detection preset: the Faster R-CNN's sizes and sampling (DESIGN.md §10).
+
+Defaults are torchvision's (which are detectron2's for Faster R-CNN + FPN, but the RPN's
+post-NMS training top-k: 2000 here, 1000 in detectron2's FPN configs); the small presets shrink the
+heads and the sample counts with the backbones, so the heads do not dominate a step's cost.
+"""
+
+from dataclasses import dataclass
+
+from kdbench.validators import at_least
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    fpn_channels: int = 256               # FPN width (every level)
+    representation_size: int = 1024       # the box head's two FC layers
+    rpn_pre_nms_top_n_train: int = 2000   # RPN proposals per level before NMS ...
+    rpn_post_nms_top_n_train: int = 2000  # ... and per image after it (training)
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256   # anchors sampled per image for the RPN loss
+    box_batch_size_per_image: int = 512   # proposals sampled per image for the ROI head (and the distillers)
+    box_detections_per_img: int = 100
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            at_least(f"detector.{name}", value, 1)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of `kdbench.detection.model.Detector` / torchvision's `FasterRCNN`."""
+        return dict(vars(self))
