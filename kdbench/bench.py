@@ -9,6 +9,7 @@ from .data import dataset_geometry
 from .engine import (autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory,
                      train_step)
 from .errors import UsageError
+from .flops import count_step_flops, matmul_peak_tflops
 from .data import DatasetInfo
 from .tasks import task_of
 from .registry import DISTILLERS, load_plugin
@@ -36,6 +37,7 @@ def bench(args) -> List[Dict]:
     # Counting parameters needs no weights: without timed steps, every model is built on the meta device.
     build_on = device if timed else torch.device("meta")
     info = DatasetInfo(data.dataset, num_classes, in_chans, data.img_size, 0, 0, "")
+    peaks = {}          # precision -> the device's measured matmul TFLOP/s in that dtype, probed once
     for run in runs:
         if run.teacher not in teachers:
             torch.manual_seed(0)
@@ -49,11 +51,19 @@ def bench(args) -> List[Dict]:
                "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,
                "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
                "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None, "compile": run.compile,
-               "precision": run.precision}
+               "precision": run.precision, "train_flops_per_img": None, "achieved_tflops": None,
+               "peak_tflops": None, "peak_fraction": None}
         if timed:
+            if run.precision not in peaks:
+                dtype = torch.bfloat16 if run.precision == "bf16" else torch.float32
+                peaks[run.precision] = matmul_peak_tflops(device, dtype)
+            flops = count_step_flops(distiller, task_of(run.task), info, device)["train_flops_per_img"]
             forward = torch.compile(distiller) if run.compile else distiller
             row.update(_time_steps(distiller, forward, run, row["batch_size"], info, args.steps, args.warmup,
                                    device))
+            achieved = flops * row["img_per_s"] / 1e12
+            row.update(train_flops_per_img=flops, achieved_tflops=round(achieved, 4),
+                       peak_tflops=round(peaks[run.precision], 4), peak_fraction=round(achieved / peaks[run.precision], 4))
         rows.append(row)
         del distiller
     for row in rows:
@@ -102,14 +112,16 @@ def _sync(device):
 
 def format_rows(rows: List[Dict]) -> str:
     head = f"{'pair':44s} {'distiller':10s} {'img/s':>8s} {'ms/step':>8s} {'x kd':>6s} {'peak MB':>8s} " \
-           f"{'student':>9s} {'extra':>9s}"
+           f"{'student':>9s} {'extra':>9s} {'GFLOP/img':>10s} {'TFLOP/s':>8s} {'% peak':>7s}"
     lines = [head]
     for r in rows:
         def num(v, fmt):
             return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0])
         lines.append(f"{r['pair']:44s} {r['distiller']:10s} {num(r['img_per_s'], '8.1f')} {num(r['step_ms'], '8.2f')} "
                      f"{num(r['ratio_to_kd'], '6.2f')} {num(r['peak_mem_mb'], '8.0f')} "
-                     f"{r['student_params'] / 1e6:8.2f}M {r['extra_params'] / 1e6:8.2f}M")
+                     f"{r['student_params'] / 1e6:8.2f}M {r['extra_params'] / 1e6:8.2f}M "
+                     f"{num(r['train_flops_per_img'] and r['train_flops_per_img'] / 1e9, '10.3f')} "
+                     f"{num(r['achieved_tflops'], '8.3f')} {num(r['peak_fraction'] and 100 * r['peak_fraction'], '7.1f')}")
     return "\n".join(lines)
 
 

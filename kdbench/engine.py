@@ -19,6 +19,7 @@ from .curves import CurveLog, curve_every, merged_metrics
 from .config import RecipeConfig, RunConfig
 from .data import DatasetInfo
 from .errors import UsageError
+from .flops import run_flops
 from .models import FeatureModel
 from .registry import DISTILLERS
 from .tasks import CLASSIFICATION, task_of
@@ -345,6 +346,8 @@ class Trainer:
         return self.dist.any_rank(self.should_stop(), self.device)
 
     def fit(self) -> RunRecord:
+        # the step's work, for cost in FLOPs: on fresh CPU models, the RNG restored, before the clock starts
+        self.train_flops_per_img = run_flops(self.run, self.info)["train_flops_per_img"] if self.dist.is_main else None
         t0 = self._t0 = time.perf_counter()
         if self.try_resume():
             within = f", batch {self.partial['batches']}" if self.partial else ""
@@ -381,4 +384,4 @@ class Trainer:
             num_test=self.info.num_test, teacher_top1=self.teacher_top1, wall_s=wall,
             img_per_s=self.train_images / max(self.train_time, 1e-9), peak_mem_mb=peak_memory_mb(self.device),
             student_params=self.distiller.num_student_params, extra_params=self.distiller.num_extra_params,
-            world_size=self.dist.world_size, device=self.device)
+            world_size=self.dist.world_size, device=self.device, train_flops_per_img=self.train_flops_per_img)

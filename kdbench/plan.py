@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .assets import asset, read_yaml
-from .data import dataset_geometry, dataset_sizes
+from .data import DatasetInfo, dataset_geometry, dataset_sizes
 from .engine import build_distiller
 from .errors import UsageError
-from .models import create_feature_model
+from .flops import count_step_flops
 from .registry import DISTILLERS, load_plugin
+from .tasks import task_of
 
-COUNT_BATCH = 2
 CPU = torch.device("cpu")
 
 
@@ -46,28 +45,6 @@ def measured_utilisation() -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def count_step_flops(distiller, num_classes: int, in_chans: int, img_size: int) -> Dict[str, float]:
-    """Training FLOPs per image (forward + backward of the whole distiller, teacher included) of a
-    steady-state step, and the student's evaluation FLOPs per image."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(COUNT_BATCH, in_chans, img_size, img_size, generator=g)
-    labels = torch.randint(0, num_classes, (COUNT_BATCH,), generator=g)
-    distiller.train()
-    distiller.set_progress(0, 1)
-    for step in range(2):                 # the first step of an epoch may skip parts (PAT's feedback)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = distiller(images, labels)
-            sum(out.losses.values()).backward()
-        distiller.zero_grad(set_to_none=True)
-    train = counter.get_total_flops() / COUNT_BATCH
-    distiller.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        distiller.student.logits(images)
-    return {"train_flops_per_img": train, "eval_flops_per_img": counter.get_total_flops() / COUNT_BATCH}
-
-
 def plan(args) -> dict:
     """The grid's cells with FLOPs per step and per recipe and projected hours per GPU class."""
     from .executors import Plan
@@ -82,15 +59,16 @@ def plan(args) -> dict:
     runs = [r for r in grid.runs if r.seed == seeds[0]]
     num_classes, in_chans = dataset_geometry(data)
     num_train, num_test = dataset_sizes(data)
+    info = DatasetInfo(data.dataset, num_classes, in_chans, data.img_size, num_train, num_test, "")
     cells, teachers = [], {}
     for run in runs:
+        task = task_of(run.task)
         if run.teacher not in teachers:
             torch.manual_seed(0)
-            teachers = {run.teacher: create_feature_model(run.teacher, num_classes=num_classes, in_chans=in_chans,
-                                                          img_size=data.img_size)}
+            teachers = {run.teacher: task.model(run.teacher, info, run)}
         distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
                                     teacher=teachers[run.teacher], device=CPU)
-        flops = count_step_flops(distiller, num_classes, in_chans, data.img_size)
+        flops = count_step_flops(distiller, task, info)
         r = run.recipe
         trained = (num_train // r.batch_size) * r.batch_size
         recipe_flops = r.epochs * (trained * flops["train_flops_per_img"] + num_test * flops["eval_flops_per_img"])

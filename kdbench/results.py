@@ -120,6 +120,7 @@ class RunRecord:
     peak_mem_mb: Optional[float] = None
     student_params: Optional[int] = None
     extra_params: Optional[int] = None
+    train_flops_per_img: Optional[float] = field(default=None, metadata=IF_SET)   # forward + backward, counted once
     global_batch_size: Optional[int] = None
     world_size: Optional[int] = None
     per_rank_batch_size: Optional[int] = None
@@ -143,7 +144,8 @@ class RunRecord:
     @classmethod
     def done(cls, run, history: List[dict], *, dataset: str, num_train: int, num_test: int,
              teacher_top1: Optional[float], wall_s: float, img_per_s: float, peak_mem_mb: float,
-             student_params: int, extra_params: int, world_size: int, device: torch.device) -> "RunRecord":
+             student_params: int, extra_params: int, world_size: int, device: torch.device,
+             train_flops_per_img: Optional[float] = None) -> "RunRecord":
         """The record of a finished run (`run`: its RunConfig; `history`: its evaluation rows, one per
         epoch, each with the task's `metric`)."""
         metric = run.metric
@@ -157,7 +159,8 @@ class RunRecord:
                    best_top1=best.get("top1"), best_epoch=best["epoch"], ema_top1=last.get("ema_top1"),
                    teacher_top1=teacher_top1, epochs=r.epochs, wall_s=round(wall_s, 2),
                    train_img_per_s=round(img_per_s, 1), peak_mem_mb=round(peak_mem_mb, 1),
-                   student_params=student_params, extra_params=extra_params, global_batch_size=r.batch_size,
+                   student_params=student_params, extra_params=extra_params,
+                   train_flops_per_img=train_flops_per_img, global_batch_size=r.batch_size,
                    world_size=world_size, per_rank_batch_size=r.batch_size // world_size, lr=r.lr,
                    num_train=num_train, num_test=num_test, protocol=PROTOCOL, config=run.to_dict(),
                    config_hash=run.hash(), versions=versions(device, world_size))

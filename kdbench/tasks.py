@@ -40,6 +40,10 @@ class Classification:
         labels = torch.randint(0, info.num_classes, (batch_size,), generator=g)
         return images.to(device), labels.to(device)
 
+    def predict(self, model, images):
+        """The evaluation forward: a FeatureModel's logits."""
+        return model.logits(images)
+
     @torch.inference_mode()
     def evaluate(self, model, loader, device, autocast) -> Dict[str, float]:
         """Top-1/top-5 (percent) of `model` (a FeatureModel, scored by its logits, or any callable

@@ -341,6 +341,9 @@ def test_bench_times_steps_and_reports_the_ratio_to_kd(capsys):
         assert r["img_per_s"] > 0 and r["step_ms"] > 0 and r["ratio_to_kd"] > 0 and r["batch_size"] == 8
         assert set(r) >= {"distiller", "img_per_s", "step_ms", "peak_mem_mb", "student_params", "extra_params",
                           "ratio_to_kd"}
+        assert r["train_flops_per_img"] > 0 and r["peak_tflops"] > 0           # issue 18: work and utilisation
+        assert r["achieved_tflops"] == pytest.approx(r["train_flops_per_img"] * r["img_per_s"] / 1e12, rel=1e-3)
+        assert r["peak_fraction"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"], rel=1e-2, abs=1e-4)
     assert main(["bench", "--preset", "smoke", "--pair", "all", "--distillers", "nope", "--steps", "0"]) == 2
     assert "unknown distiller 'nope'" in capsys.readouterr().err
 

@@ -22,7 +22,10 @@ from kdbench.dry_run import dry_run_dir
 from kdbench.errors import UsageError
 from kdbench.grid import expand_runs, resolve_pairs
 from kdbench.official_files import timm_checkpoint, write_cifar100, write_imagenet
-from kdbench.plan import GPUS, count_step_flops
+from kdbench.data import DatasetInfo
+from kdbench.flops import count_step_flops
+from kdbench.plan import GPUS
+from kdbench.tasks import CLASSIFICATION
 from kdbench.report import collect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,19 +101,22 @@ def _distiller(name, pair="swin_tiny_patch4_window7_224:resnet18"):
                                   device=torch.device("cpu")), teacher
 
 
+INFO = DatasetInfo("synthetic", 10, 3, 16, 0, 0, "")
+
+
 def test_kd_step_flops_are_vanilla_plus_one_teacher_forward():
     from torch.utils.flop_counter import FlopCounterMode
     kd, teacher = _distiller("kd")
     vanilla, _ = _distiller("vanilla")
-    f_kd = count_step_flops(kd, 10, 3, 16)
-    f_vanilla = count_step_flops(vanilla, 10, 3, 16)
+    f_kd = count_step_flops(kd, CLASSIFICATION, INFO)
+    f_vanilla = count_step_flops(vanilla, CLASSIFICATION, INFO)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         teacher.logits(torch.zeros(2, 3, 16, 16))
     assert f_kd["train_flops_per_img"] == f_vanilla["train_flops_per_img"] + counter.get_total_flops() / 2
     assert f_kd["eval_flops_per_img"] == f_vanilla["eval_flops_per_img"] > 0
     pat, _ = _distiller("pat")
-    assert count_step_flops(pat, 10, 3, 16)["train_flops_per_img"] > f_kd["train_flops_per_img"]
+    assert count_step_flops(pat, CLASSIFICATION, INFO)["train_flops_per_img"] > f_kd["train_flops_per_img"]
 
 
 def test_plan_projects_flops_and_hours(tmp_path, capsys):

@@ -111,6 +111,10 @@ class Detection:
             targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device), "labels": labels.to(device)})
         return images.to(device), targets
 
+    def predict(self, detector, images):
+        """The evaluation forward: detections (boxes, labels, scores) per image."""
+        return detector(images)
+
     @torch.inference_mode()
     def evaluate(self, detector, loader, device, autocast) -> Dict[str, float]:
         predictions = []
