@@ -62,8 +62,8 @@ def bench(args) -> List[Dict]:
             row.update(_time_steps(distiller, forward, run, row["batch_size"], info, args.steps, args.warmup,
                                    device))
             achieved = flops * row["img_per_s"] / 1e12
-            row.update(train_flops_per_img=flops, achieved_tflops=round(achieved, 4),
-                       peak_tflops=round(peaks[run.precision], 4), peak_fraction=round(achieved / peaks[run.precision], 4))
+            row.update(train_flops_per_img=flops, achieved_tflops=round(achieved, 6),
+                       peak_tflops=round(peaks[run.precision], 6), peak_fraction=round(achieved / peaks[run.precision], 6))
         rows.append(row)
         del distiller
     for row in rows:

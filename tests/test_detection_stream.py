@@ -67,12 +67,14 @@ def test_letterbox_keeps_boxes_and_pads_with_the_mean(coco):
     torch.testing.assert_close(ft["boxes"][0, [0, 2]], w - target["boxes"][0, [2, 0]])
 
 
-def test_an_image_larger_than_the_canvas_is_refused(coco):
+def test_the_longer_side_is_capped_by_the_canvas(coco):
     class Big(Data):
-        resize_short = 200
-    box = Letterboxed(coco_split(str(coco), "val", Big), CANVAS, *STATS["coco"])
+        resize_short = 200                    # 60x80 would be 200x267: the longer side caps it at 96
+    image, target = Letterboxed(coco_split(str(coco), "val", Big), CANVAS, *STATS["coco"])[(0, False)]
+    assert target["scale"] == pytest.approx(CANVAS / 80) and image[:, :72, :96].abs().sum() > 0
+    unbounded = CocoDetection(coco / "val2017", coco / "annotations" / "instances_val2017.json", min_size=200)
     with pytest.raises(ValueError, match="canvas"):
-        box[(0, False)]
+        Letterboxed(unbounded, CANVAS, *STATS["coco"])[(0, False)]
 
 
 def test_training_plan_is_seeded_sharded_and_worker_independent(coco):

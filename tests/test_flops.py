@@ -1,7 +1,6 @@
 """Training FLOPs (kdbench.flops): counted on fresh CPU models without touching the run's RNG, the same
 in a run's record as `count_step_flops` of its cell, for both tasks; the matmul peak probe."""
 
-import pytest
 import torch
 
 from kdbench.data import DatasetInfo
@@ -28,7 +27,7 @@ def test_run_flops_restores_the_rng_and_matches_the_cell_count():
 
 
 def test_a_record_carries_its_training_flops(tmp_path):
-    run = smoke_run("vanilla", epochs=1)
+    run = smoke_run("vanilla")
     rec = Trainer(run, run_dir=tmp_path, device=CPU).fit()
     info = DatasetInfo("synthetic", 10, 3, run.data.img_size, 0, 0, "")
     assert rec.train_flops_per_img == run_flops(run, info)["train_flops_per_img"]
