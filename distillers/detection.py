@@ -38,6 +38,10 @@ class DetectionDistiller(Distiller):
     """Base of the detection methods: `forward(images, targets)` returns no logits (the curves then
     carry no training top-1) and the detector's losses under their torchvision names."""
 
+    # the backbone's classifier norm (timm's final norm, in families whose last stage is read before
+    # it) takes no part in a detector's losses: DDP must look for unused parameters
+    find_unused_parameters = True
+
     def detector_losses(self, step):
         return {k: self.cfg.gt_weight * v for k, v in step.losses.items()}
 
