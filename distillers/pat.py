@@ -331,3 +331,19 @@ class PAT(Distiller):
                 return y
             return back_to_tokens(y, rest, self.last_cls, self.permute_bug)
         return fn
+
+
+@dataclass
+class PATFaithfulConfig(PATConfig):
+    """PATConfig with every official behaviour reproduced (`faithful`)."""
+
+    faithful: bool = True
+
+
+@register_distiller("pat-faithful")
+class PATFaithful(PAT):
+    """`pat --set distiller.faithful=true` as its own leaderboard column, so one grid compares the
+    corrected method with the official code's behaviour (docs/pat.md)."""
+
+    display_name = "PAT (official)"
+    Config = PATFaithfulConfig

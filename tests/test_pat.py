@@ -349,3 +349,19 @@ def test_pat_breakdown_switches_the_parts_on_one_at_a_time(capsys, tmp_path):
     increments = [float(c.strip("+× KD")) for c in cells[2:5]]
     assert sum(increments) == pytest.approx(r["pat"]["ratio_to_kd"] - 1.0, abs=0.02)
     assert float(cells[5].rstrip("×")) == pytest.approx(r["pat"]["ratio_to_kd"], abs=0.01)
+
+
+def test_pat_faithful_column_is_pat_with_every_official_behaviour():
+    from kdbench.registry import DISTILLERS
+    from test_distillers import batch, make
+    cls = DISTILLERS.get("pat-faithful")
+    assert cls.Config().items == frozenset(FAITHFUL_ITEMS) and cls.display_name == "PAT (official)"
+    small = dict(dim=16, heads=2, num_queries=16)
+    a = make("pat", "kdbench_swin_t_xs", "kdbench_resnet18_xs", faithful=True, **small).train()
+    b = make("pat-faithful", "kdbench_swin_t_xs", "kdbench_resnet18_xs", **small).train()
+    b.load_state_dict(a.state_dict())
+    images, labels = batch()
+    for _ in range(2):
+        x, y = a(images, labels), b(images, labels)
+        assert x.losses.keys() == y.losses.keys()
+        assert all(torch.equal(x.losses[k], y.losses[k]) for k in x.losses)
