@@ -12,6 +12,7 @@ from torch import nn
 from kdbench.models import StageSpec
 
 from .adapters import init_weights
+from .pat_closed_form import gated_block
 
 
 class SEBlock(nn.Module):
@@ -45,7 +46,13 @@ class SameConv2d(nn.Conv2d):
 
 class PromptBlock(nn.Module):
     """x + beta * PB(u), u = FB([x, aligned feedback]) (or x without feedback); beta starts at 0,
-    so a fresh block leaves the teacher unchanged (§3.3). Works on NCHW maps."""
+    so a fresh block leaves the teacher unchanged (§3.3). Works on NCHW maps.
+
+    With the official SE bug (`gate_only`) FB and PB end in per-channel constants that depend on
+    their inputs' window sums only: computed in closed form (`pat_closed_form`), equal up to
+    rounding; `closed_form = False` convolves as the official code does."""
+
+    closed_form = True
 
     def __init__(self, stage_in: StageSpec, stage_out: StageSpec, gate_only: bool, with_feedback: bool):
         super().__init__()
@@ -67,18 +74,22 @@ class PromptBlock(nn.Module):
         self.prompt = nn.Sequential(conv(c, c, groups=g), conv(c, c, 5, groups=c), conv(c, c), SEBlock(c, gate_only),
                                     conv(c, c, groups=g))
         self.beta = nn.Parameter(torch.zeros(1))
+        self.gate_only = gate_only
 
     def fusion_parameters(self) -> List[nn.Parameter]:
         """The parameters that only a step with feedback uses (fusion and feedback alignment)."""
         return [p for m in (self.fuse, self.fb_align) if m is not None for p in m.parameters()]
 
     def forward(self, x, feedback=None):
+        closed = self.closed_form and self.gate_only
         u = x
         if feedback is not None and self.fuse is not None:
             if self.fb_align is not None:
                 feedback = self.fb_align(F.interpolate(feedback, size=self.in_grid, mode="nearest"))
-            u = self.fuse(torch.cat([x, feedback.to(x.dtype)], dim=1))
-        return x + (self.beta * self.prompt(u)).to(x.dtype)      # bf16 stays bf16 (beta is fp32)
+            feedback = feedback.to(x.dtype)
+            u = gated_block(self.fuse, [x, feedback]) if closed else self.fuse(torch.cat([x, feedback], dim=1))
+        prompt = gated_block(self.prompt, [u]) if closed else self.prompt(u)
+        return x + (self.beta * prompt).to(x.dtype)      # bf16 stays bf16 (beta is fp32)
 
 
 class FeedbackState(nn.Module):
