@@ -353,7 +353,8 @@ BAD_DISTILLER_VALUES = [("kd", "temperature", 0.0), ("dkd", "temperature", -1.0)
                         ("ofa", "eps", (1.0, 1.0)), ("ofa", "stages", (5,)), ("pat", "temperature", 0.0),
                         ("pat", "num_queries", 48), ("pat", "heads", 0), ("pat", "dim", 30),
                         ("pat", "feedback", "later"), ("pat", "faithful_items", ("nope",)),
-                        ("pat", "afp_stages", (0,)), ("kd+ls", "temperature", 0.0)]
+                        ("pat", "afp_stages", (0,)), ("kd+ls", "temperature", 0.0),
+                        ("pat-faithful", "temperature", 0.0)]
 
 
 @pytest.mark.parametrize("name,field,value", BAD_DISTILLER_VALUES)
