@@ -102,3 +102,12 @@ def test_eval_loader_gives_every_image_once_in_order(coco):
     ids = [t["image_id"] for _, targets in loader for t in targets]
     assert ids == [1, 2, 3, 4] and len(loader) == 2
     assert isinstance(val, CocoDetection) and val.num_classes == 2
+
+
+def test_generated_sets_are_normalised_by_their_own_pixel_statistics():
+    from kdbench.detection.task import pixel_stats
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    images[0] = 255                                   # half the pixels white
+    (mean,), (std,) = pixel_stats(images)
+    n = images.numel()
+    assert mean == pytest.approx(0.5) and std == pytest.approx((0.25 * n / (n - 1)) ** 0.5)

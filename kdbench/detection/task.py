@@ -25,10 +25,16 @@ from .loaders import DetectionEvalLoader, DetectionTrainLoader, load_in_memory
 from .stream import Letterboxed, StreamEvalLoader, StreamTrainLoader
 
 GENERATED = {"fmnist-det": "fashion-mnist", "synthetic-det": "synthetic"}
-# per-channel mean and std in [0, 1] units: COCO's are ImageNet's (the backbones' pretraining statistics);
-# the generated sets' were measured on their training splits (dark canvases, sparse bright items)
-STATS = {"fmnist-det": ((0.10,), (0.22,)), "synthetic-det": ((0.10,), (0.22,)),
-         "coco": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# per-channel mean and std in [0, 1] units for COCO: ImageNet's (the backbones' usual statistics). A
+# generated set is normalised by its own training split's mean and std, computed when it is loaded.
+STATS = {"coco": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def pixel_stats(images: torch.Tensor):
+    """((mean,), (std,)) in [0, 1] units of uint8 images (N, C, H, W), over every pixel and channel
+    (the generated sets are grayscale repeated to 3 channels), in float64: the same bits every time."""
+    x = images.to(torch.float64) / 255
+    return (x.mean().item(),), (x.std().item(),)
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
 
@@ -57,13 +63,12 @@ class Detection:
         data, r = run.data, run.recipe
         if data.dataset not in DETECTION_DATASETS:
             raise UsageError(f"detection dataset '{data.dataset}': valid choices: {', '.join(DETECTION_DATASETS)}")
-        mean, std = STATS[data.dataset]
         if data.dataset == "coco":
             return self._stream(run, batch_size=batch_size, device=device, rank=rank, world_size=world_size)
         folder = _generated_dir(data)
         train, val = CocoDetection(*split_paths(folder, "train")), CocoDetection(*split_paths(folder, "val"))
-        norm = Normalizer(mean, std, data.img_size, device)
         images, targets = load_in_memory(train)
+        norm = Normalizer(*pixel_stats(images), data.img_size, device)
         train_loader = DetectionTrainLoader(images, targets, batch_size=batch_size, seed=run.seed, normalizer=norm,
                                             flip=data.flip, device=device, rank=rank, world_size=world_size)
         val_images, val_targets = load_in_memory(val)
