@@ -9,6 +9,7 @@ differently, so then the PNG must only have the same size, and the HTML page is 
 inline images left out.
 """
 
+import json
 import re
 import struct
 import zlib
@@ -87,3 +88,14 @@ def test_readme_generated_blocks_match_their_files(readme):
         assert body == (readme.parent / name).read_text(), f"{readme}: the block of {name} is stale"
     if (readme.parent / "runs").is_dir():
         assert BLOCK.search(text), f"{readme} publishes a leaderboard but quotes no generated findings"
+
+
+BENCH_TABLES = sorted((ROOT / "benchmarks" / "results").glob("*/bench.json"))
+
+
+@pytest.mark.parametrize("path", BENCH_TABLES, ids=[p.parent.name for p in BENCH_TABLES])
+def test_committed_bench_tables_are_generated_from_their_json(path):
+    from kdbench.bench import format_rows
+    rows = json.loads(path.read_text())
+    assert (path.parent / "bench.md").read_text() == "```\n" + format_rows(rows) + "\n```\n"
+    assert all(r["train_flops_per_img"] > 0 and 0 < r["peak_fraction"] < 1 for r in rows)
