@@ -192,9 +192,7 @@ class DetectionOFA(DetectionDistiller):
     def forward(self, images, targets):
         step = self.student.forward_train(images, targets)
         box_features = self.student.roi_head_outputs(step.pyramid, step.proposals, step.image_sizes).box_features
-        with torch.no_grad():
-            _, t_pyramid, sizes = self.teacher.forward_features(images)
-            z_t = self.teacher.roi_class_logits(t_pyramid, step.proposals, sizes)
+        z_t = self.teacher_roi_logits(images, step)
         labels = torch.cat(step.roi_labels)
         losses = self.detector_losses(step)
         losses["ofa"] = self.cfg.ofa_weight * ofa_loss(self.branch(box_features), z_t, labels, self.cfg.eps,

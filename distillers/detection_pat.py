@@ -18,20 +18,18 @@ actual sizes (one canvas per preset); `teacher_train_first_step` does not exist 
 teacher stays in eval mode) and is refused here.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from kdbench.registry import register_distiller
-from kdbench.validators import at_least, check, one_of, positive, subset_of
 
 from .adapters import StageAligner, init_weights
-from .base import Distiller, DistillOutput, check_stages
+from .base import Distiller, DistillOutput
 from .detection import DetectionDistiller
 from .losses import hcl_loss, kd_loss, standardize_logits
-from .pat import FAITHFUL_ITEMS, FEEDBACK, PAT, FeedbackState, PATConfig, PromptBlock, RegionAttention, RegionToStage
+from .pat import FAITHFUL_ITEMS, PAT, FeedbackState, PATConfig, PromptBlock, RegionAttention, RegionToStage
 
 NUM_LEVELS = 5          # the FPN levels "0".."3" and "pool" (kdbench.detection.model)
 DETECTION_ITEMS = {k: v for k, v in FAITHFUL_ITEMS.items() if k != "teacher_train_first_step"}
@@ -46,26 +44,8 @@ class DetectionPATConfig(PATConfig):
     num_queries: int = 125
     dim: int = 64
 
-    def __post_init__(self):
-        check_stages(self.afp_stages, "afp_stages")
-        per_level = self.num_queries // NUM_LEVELS
-        p = math.isqrt(max(per_level, 0))
-        check(self.num_queries % NUM_LEVELS == 0 and per_level >= 1 and p * p == per_level,
-              "distiller.num_queries", self.num_queries, f"{NUM_LEVELS} x a square (20, 45, 80, 125, ...)")
-        at_least("distiller.heads", self.heads, 1)
-        check(self.dim >= 1 and self.dim % self.heads == 0, "distiller.dim", self.dim,
-              f"a positive multiple of heads ({self.heads})")
-        one_of("distiller.feedback", self.feedback, FEEDBACK)
-        subset_of("distiller.faithful_items", self.faithful_items, DETECTION_ITEMS)
-        positive("distiller.temperature", self.temperature)
-
-    @property
-    def items(self) -> frozenset:
-        return frozenset(DETECTION_ITEMS) if self.faithful else frozenset(self.faithful_items)
-
-    @property
-    def grid(self) -> int:
-        return math.isqrt(self.num_queries // NUM_LEVELS)
+    LEVELS = NUM_LEVELS
+    ITEMS = DETECTION_ITEMS
 
 
 @register_distiller("pat", task="detection")

@@ -58,26 +58,30 @@ class PATConfig(TaskConfig):
     # logits' scale on both sides, so z-scoring them there has no purpose
     logit_standardization: bool = opt_in(False)
 
+    LEVELS = 4                      # feature levels RAA attends over (p x p region tokens each)
+    ITEMS = FAITHFUL_ITEMS          # the official behaviours this task's PAT can reproduce
+
     def __post_init__(self):
         check_stages(self.afp_stages, "afp_stages")
-        p = math.isqrt(max(self.num_queries // 4, 0))
-        check(self.num_queries >= 4 and self.num_queries % 4 == 0 and p * p == self.num_queries // 4,
-              "distiller.num_queries", self.num_queries, "4 x a square (16, 36, 64, 144, ...)")
+        n, per_level = self.LEVELS, self.num_queries // self.LEVELS
+        p = math.isqrt(max(per_level, 0))
+        check(self.num_queries >= n and self.num_queries % n == 0 and p * p == per_level, "distiller.num_queries",
+              self.num_queries, f"{n} x a square ({', '.join(str(n * k * k) for k in (2, 3, 4, 6))}, ...)")
         at_least("distiller.heads", self.heads, 1)
         check(self.dim >= 1 and self.dim % self.heads == 0, "distiller.dim", self.dim,
               f"a positive multiple of heads ({self.heads})")
         one_of("distiller.feedback", self.feedback, FEEDBACK)
-        subset_of("distiller.faithful_items", self.faithful_items, FAITHFUL_ITEMS)
+        subset_of("distiller.faithful_items", self.faithful_items, self.ITEMS)
         positive("distiller.temperature", self.temperature)
 
     @property
     def items(self) -> frozenset:
         """The official behaviours reproduced by this configuration."""
-        return frozenset(FAITHFUL_ITEMS) if self.faithful else frozenset(self.faithful_items)
+        return frozenset(self.ITEMS) if self.faithful else frozenset(self.faithful_items)
 
     @property
     def grid(self) -> int:
-        return math.isqrt(self.num_queries // 4)
+        return math.isqrt(self.num_queries // self.LEVELS)
 
 
 # -- tokens <-> maps, corrected or as the official code does it ------------------------------
