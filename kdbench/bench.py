@@ -26,6 +26,8 @@ def bench(args) -> List[Dict]:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if getattr(args, "data", False):
         return _bench_data(args)
+    if getattr(args, "overhead", False):
+        return _bench_overhead(args)
     names = DISTILLERS.parse(args.distillers)
     timed = args.steps > 0
     measured = names + (["kd"] if timed and "kd" not in names else [])   # kd: the ratio's reference
@@ -132,3 +134,13 @@ def _bench_data(args) -> List[Dict]:
     batch = args.batch_size or plan.preset.cnn.batch_size
     return bench_data(plan.data, batch_size=batch, batches=max(args.steps, 1), device=plan.device,
                       workers=args.workers)
+
+
+def _bench_overhead(args) -> List[Dict]:
+    from .bench_overhead import overhead_rows
+    from .executors import Plan
+    if args.steps < 1 or args.rounds < 1:
+        raise UsageError(f"--overhead needs --steps >= 1 and --rounds >= 1, got {args.steps} and {args.rounds}")
+    plan = Plan.build(preset=args.preset, pairs=args.pair, distillers=DISTILLERS.parse(args.distillers), seeds="0,",
+                      overrides=args.overrides, device=args.device, need_data=False)
+    return overhead_rows(plan, steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", action="store_true",
                        help="data only: the device-resident loader vs torchvision's DataLoader (img/s)")
     bench.add_argument("--workers", type=int, default=2, help="--data: torchvision DataLoader workers")
+    bench.add_argument("--overhead", action="store_true",
+                       help="engine loop vs bare loop vs plain-timm KD, per distiller (kdbench/bench_overhead.py)")
+    bench.add_argument("--rounds", type=int, default=5, help="--overhead: timed rounds of --steps steps per loop")
     return p
 
 
@@ -232,7 +235,10 @@ def cmd_leaderboard(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench, format_rows
     rows = bench(args)
-    if args.data and not args.json:
+    if args.overhead and not args.json:
+        from .bench_overhead import format_overhead
+        print(format_overhead(rows))
+    elif args.data and not args.json:
         for r in rows:
             print(f"{r['loader']:44s} {r['img_per_s']:10.0f} img/s  x{r['ratio_to_torchvision']:.2f}")
     else:

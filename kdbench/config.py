@@ -6,7 +6,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -15,13 +15,14 @@ from .detection.config import DetectorConfig
 from .data import DataConfig
 from .errors import UsageError, unknown_choice, user_error
 from .models.zoo import member_definition
+from .student_init import StudentInitConfig
 from .validators import (at_least, in_range, is_hashed, non_negative, omitted_at_default, one_of, opt_in, positive,
                          unhashed)
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 TASK_METRICS = {"classification": "top1", "detection": "map"}      # a task's headline metric
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "multistep")
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RecipeConfig:
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-4
     min_lr: float = 0.0
-    schedule: str = "cosine"         # cosine | step (x step_gamma every step_epochs), per step
+    schedule: str = "cosine"         # cosine | step (x step_gamma every step_epochs) | multistep, per step
     step_epochs: int = 30
     step_gamma: float = 0.1
     label_smoothing: float = 0.1
@@ -51,6 +52,7 @@ class RecipeConfig:
     eval_batch_size: int = 1024      # on CUDA; CPUs evaluate in batches of at most 128 (faster)
     log_every: int = unhashed(0)     # steps per training-curve point (metrics file); 0 = about 50 per run
     budget: float = opt_in(1.0)      # training budget: a grid scales epochs and warm-ups by it (grid.at_budget)
+    milestones: Tuple[float, ...] = opt_in(())   # multistep: x step_gamma at these fractions of training
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
@@ -64,6 +66,11 @@ class RecipeConfig:
             non_negative(f"recipe.{name}", getattr(self, name))
         in_range("recipe.label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
         in_range("recipe.ema_decay", self.ema_decay, 0, 1, hi_open=True)
+        for m in self.milestones:
+            in_range("recipe.milestones", m, 0, 1, hi_open=True)
+        if (self.schedule == "multistep") != bool(self.milestones):
+            raise ValueError("recipe.milestones (fractions of training in (0, 1)) go with, and only with, "
+                             "recipe.schedule=multistep")
 
     def precision_on(self, device) -> str:
         """The arithmetic of a run on `device`: bf16 autocast where the recipe asks for AMP and the
@@ -88,9 +95,17 @@ class TeacherConfig:
     use_ema: bool = False                    # checkpoints: EMA weights when present (OFA's --use-ema-teacher)
     cnn: RecipeConfig = field(default_factory=RecipeConfig)
     vit_mlp: RecipeConfig = field(default_factory=RecipeConfig)
+    # Detection checkpoints trained on other inputs (detectron2's INPUT.FORMAT, PIXEL_MEAN, PIXEL_STD; 0-255
+    # units, in pixel_format's channel order): converted exactly into the loaded detector (detection/released.py).
+    pixel_format: str = opt_in("RGB")                 # RGB | BGR
+    pixel_mean: Tuple[float, ...] = opt_in(())        # () = the students' normalisation
+    pixel_std: Tuple[float, ...] = opt_in(())
 
     def __post_init__(self):
         one_of("teacher.source", self.source, ("train", "checkpoint"))
+        one_of("teacher.pixel_format", self.pixel_format, ("RGB", "BGR"))
+        if len(self.pixel_mean) != len(self.pixel_std):
+            raise ValueError("teacher.pixel_mean and teacher.pixel_std need one value per channel each")
 
 
 @dataclass
@@ -107,6 +122,7 @@ class Preset:
     pairs: str = "all"                       # what `--pairs all` means here (imagenet: the 15 pairs)
     task: str = "classification"             # classification | detection: every run and teacher of the preset
     detector: DetectorConfig = DetectorConfig()   # detection: the Faster R-CNN's sizes and sampling
+    student: StudentInitConfig = StudentInitConfig()   # where students start (scratch or checkpoints)
 
 
 @dataclass
@@ -128,6 +144,7 @@ class RunConfig:
     precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | bf16 (autocast)
     task: str = opt_in("classification")     # classification | detection (a preset's task)
     detector: DetectorConfig = opt_in(DetectorConfig())   # detection: the preset's detector sizes
+    student_init: StudentInitConfig = opt_in(StudentInitConfig())   # the preset's `student:` section
     deterministic: bool = False  # deterministic CUDA kernels, no cuDNN autotuning (no effect on a CPU)
 
     def __post_init__(self):
@@ -271,7 +288,7 @@ def coerce(value, tp, key: str):
 
 
 # -- --set overrides ----------------------------------------------------------------------
-SECTIONS = ("distiller", "recipe", "data", "teacher", "compile", "deterministic")
+SECTIONS = ("distiller", "recipe", "data", "teacher", "student", "detector", "compile", "deterministic")
 
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:

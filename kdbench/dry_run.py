@@ -19,6 +19,7 @@ from .engine import Trainer, lr_at, peak_memory_mb, train_step
 from .errors import UsageError
 from .registry import DISTILLERS
 from .results import SCHEMA, atomic_write_json, versions
+from .tasks import task_of
 from .teachers import get_teacher
 
 DRY_DIR = "dry-run"
@@ -99,11 +100,12 @@ def measure_cell(run, teacher, device: torch.device, steps: int, scratch: Path) 
         _sync(device)
         times.append(time.perf_counter() - start)
     d.eval()
+    task = task_of(run.task)
     eval_times, eval_batch = [], None
     with torch.inference_mode(), trainer.autocast():
         for i, (images, _) in zip(range(EVAL_BATCHES + 1), trainer.eval_loader.epoch(0)):
             start = time.perf_counter()
-            d.student.logits(images)
+            task.predict(d.student, images)
             _sync(device)
             eval_times.append(time.perf_counter() - start)
             eval_batch = eval_batch or images.shape[0]

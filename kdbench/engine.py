@@ -24,6 +24,7 @@ from .models import FeatureModel
 from .registry import DISTILLERS
 from .tasks import CLASSIFICATION, task_of
 from .results import CHECKPOINT, RunRecord, atomic_torch_save, write_metrics
+from .student_init import load_student_init, student_file
 
 STOP_CHECK_EVERY = 25                         # DDP: training steps between the collectives that agree on a stop
 
@@ -47,9 +48,12 @@ def make_criterion(label_smoothing: float) -> Callable:
 
 
 def lr_at(step: int, total: int, warmup: int, r: RecipeConfig) -> float:
-    """Per-step schedule: linear warm-up from warmup_lr, then cosine (or step decay) to min_lr."""
+    """Per-step schedule: linear warm-up from warmup_lr, then cosine (or step decay) to min_lr;
+    `multistep` multiplies by step_gamma at each of `milestones` (fractions of the total steps)."""
     if step < warmup:
         return r.warmup_lr + (r.lr - r.warmup_lr) * step / warmup
+    if r.schedule == "multistep":
+        return max(r.lr * r.step_gamma ** sum(step >= m * total for m in r.milestones), r.min_lr)
     if r.schedule == "step":
         return max(r.lr * r.step_gamma ** (step * r.epochs // max(total, 1) // r.step_epochs), r.min_lr)
     progress = (step - warmup) / max(total - warmup, 1)
@@ -156,12 +160,14 @@ def peak_memory_mb(device: torch.device) -> float:
 def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size: int,
                     teacher: Optional[FeatureModel], device: torch.device):
     """The run's distiller on `device`: a fresh student seeded by the run seed (so seeds pair across
-    distillers), the given frozen teacher, channels_last where the recipe and family want it."""
+    distillers; its backbone loaded from a checkpoint where `run.student_init` says), the given frozen teacher, channels_last where the recipe and family want it."""
     cls = DISTILLERS.get(run.distiller, run.task)
     if cls.requires_teacher and teacher is None:
         raise UsageError(f"distiller '{run.distiller}' needs a teacher")
     torch.manual_seed(run.seed)
     student = task_of(run.task).model(run.student, DatasetInfo("", num_classes, in_chans, img_size, 0, 0, ""), run)
+    if run.student_init.source == "checkpoint":      # e.g. ImageNet weights for a detector's backbone
+        load_student_init(getattr(student, "feature_model", student).model, student_file(run.student_init, run.student))
     distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
                     num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
     distiller.to(device)

@@ -117,7 +117,7 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
                                       distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
                                       teacher_config=teacher_cfg, compile=compile_,
                                       precision=recipe.precision_on(device or _CPU), task=preset.task,
-                                      detector=preset.detector,
+                                      detector=preset.detector, student_init=preset.student,
                                       deterministic=deterministic) for seed in seeds)
             except ValueError as exc:
                 raise user_error(exc, "run") from None

@@ -222,11 +222,12 @@ class TeacherManifest:
                    timm_version=timm.__version__, torch_version=torch.__version__)
 
     @classmethod
-    def released(cls, run, *, dataset: str, num_classes: int, top1: float, top5: float, file: str, sha256: str,
-                 weights: str, **published) -> "TeacherManifest":
-        """The manifest of a released checkpoint evaluated under `run`; `published`: teachers.published_check's."""
+    def released(cls, run, *, dataset: str, num_classes: int, top1: float, top5: Optional[float], file: str,
+                 sha256: str, weights: str, metric: str = "top1", **published) -> "TeacherManifest":
+        """The manifest of a released checkpoint evaluated under `run` (`top1`: the headline `metric`);
+        `published`: teachers.published_check's."""
         return cls(source="checkpoint", architecture=run.teacher, dataset=dataset, num_classes=num_classes,
-                   top1=top1, top5=top5, precision=run.precision, recipe_hash=run.hash(), file=file, sha256=sha256,
+                   top1=top1, top5=top5, metric=metric, precision=run.precision, recipe_hash=run.hash(), file=file, sha256=sha256,
                    weights=weights, timm_version=timm.__version__, torch_version=torch.__version__, **published)
 
     def to_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """Tasks (DESIGN.md §10): what a run learns and how it is scored.
 
-The one training loop (`engine.Trainer`) and the teacher zoo ask the run's task for three things:
-its loaders, a model by name, and the evaluation of a model; steps, checkpoints, records, locks
+The one training loop (`engine.Trainer`) and the teacher zoo ask the run's task for its loaders, a
+model by name (fresh, or holding a released checkpoint) and the evaluation of a model; steps, checkpoints, records, locks
 and the leaderboard are shared. A task's `metric` is the key of its headline in the evaluation
 (and so in a record: `RunRecord.metric`).
 """
@@ -13,7 +13,7 @@ import torch
 from .data import build_loaders
 from .data.config import DETECTION_DATASETS
 from .errors import UsageError
-from .models import create_feature_model
+from .models import checkpoint_filter, create_feature_model
 
 
 class Classification:
@@ -32,6 +32,25 @@ class Classification:
     def model(self, name: str, info, run=None):
         return create_feature_model(name, num_classes=info.num_classes, in_chans=info.in_chans,
                                     img_size=info.img_size)
+
+    def load_released(self, name: str, info, run, state: dict, path, eval_loader=None):
+        """A fresh model `name` holding a released teacher's `state`, loaded strictly after its timm
+        module's key conversion (old timm and official-release layouts, e.g. FB ConvNeXt, timm 0.6 Swin)."""
+        tcfg = run.teacher_config
+        if tcfg.pixel_format != "RGB" or tcfg.pixel_mean:
+            raise UsageError("teacher.pixel_format / pixel_mean convert detection checkpoints only; a classification "
+                             "teacher sees the students' normalisation")
+        fm = self.model(name, info, run)
+        filter_fn = checkpoint_filter(fm.model)
+        try:
+            if filter_fn is not None:
+                state = filter_fn(state, fm.model)
+            fm.model.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(f"teacher checkpoint {path} does not fit {name} with {info.num_classes} classes: "
+                             f"{first}") from None
+        return fm
 
     def fixed_batch(self, batch_size: int, info, device, seed: int = 0):
         """A seeded random batch (normal images, uniform labels) for timing steps."""

@@ -12,11 +12,11 @@ import torch
 from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .data import DataConfig
-from .engine import Trainer, autocast_for, evaluate
+from .engine import Trainer, autocast_for
 from .tasks import task_of
 from .errors import UsageError
 from .context import LOCAL, RunContext
-from .models import FeatureModel, checkpoint_filter, recipe_kind_of
+from .models import FeatureModel, recipe_kind_of
 from .locks import RunLock
 from .results import TeacherManifest, atomic_torch_save, read_manifest, write_manifest
 from distillers.base import TaskConfig
@@ -184,8 +184,7 @@ def _load_released(preset, teacher, data, tcfg, *, out, device, context, dry_run
     run = teacher_run(preset, teacher, data, dataclasses.replace(tcfg, source="checkpoint"), device)
     state, weights = read_weights(path, use_ema=tcfg.use_ema)
     _, eval_loader, info = _loaders(run, device)
-    fm = _fresh_model(run, info, device)
-    _load_strict(fm, state, path, teacher, info.num_classes)
+    fm = task_of(run.task).load_released(teacher, info, run, state, path, eval_loader).to(device)
     fm.eval().requires_grad_(False)
     digest = sha256_file(path)
     tdir = teacher_dir(out, preset.name, teacher)
@@ -223,27 +222,14 @@ def _main_rank_lock(tdir: Path, teacher: str, context: RunContext):
 
 
 def _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper, log) -> TeacherManifest:
-    """The manifest of a released teacher: its top-1/top-5 in the run's precision, beside the paper's."""
+    """The manifest of a released teacher: its headline metric in the run's precision, beside the paper's."""
     log(f"teacher {run.teacher}: evaluating {path} ({weights} weights, {run.precision})")
     device = next(fm.parameters()).device
-    metrics = evaluate(fm.logits, eval_loader, device, autocast_for(run.precision, device))
-    return TeacherManifest.released(run, dataset=info.name, num_classes=info.num_classes, **metrics, file=str(path),
-                                    sha256=digest, weights=weights,
-                                    **published_check(info.name, paper, run.teacher, metrics["top1"]))
-
-
-def _load_strict(fm: FeatureModel, state, path: Path, teacher: str, num_classes: int):
-    """Load `state` into the teacher strictly, after its timm module's key conversion (old timm and
-    official-release layouts, e.g. FB ConvNeXt, timm 0.6 Swin)."""
-    filter_fn = checkpoint_filter(fm.model)
-    try:
-        if filter_fn is not None:
-            state = filter_fn(state, fm.model)
-        fm.model.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"teacher checkpoint {path} does not fit {teacher} with {num_classes} classes: "
-                         f"{first}") from None
+    metrics = task_of(run.task).evaluate(fm, eval_loader, device, autocast_for(run.precision, device))
+    headline = metrics[run.metric]
+    return TeacherManifest.released(run, dataset=info.name, num_classes=info.num_classes, top1=headline,
+                                    top5=metrics.get("top5"), metric=run.metric, file=str(path), sha256=digest,
+                                    weights=weights, **published_check(info.name, paper, run.teacher, headline))
 
 
 def published_check(dataset: str, paper: str, model: str, top1: float) -> dict:

@@ -104,7 +104,7 @@ def test_apply_overrides_int_to_float():
     ("recipe.lr=0", "> 0"),
     ("recipe.label_smoothing=1", "[0, 1)"),
     ("recipe.optimizer=adam", "sgd or adamw"),
-    ("recipe.schedule=linear", "cosine or step"),
+    ("recipe.schedule=linear", "one of cosine, step, multistep"),
     ("recipe.weight_decay=-0.1", ">= 0"),
 ])
 def test_apply_overrides_bad_values(item, needle):
@@ -229,7 +229,11 @@ def test_hash_stable_and_json():
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(RecipeConfig) if is_hashed(f)])
 def test_hash_changes_with_recipe(field):
     base = _run()
-    recipe = dataclasses.replace(base.recipe, **{field: _changed(getattr(base.recipe, field), field)})
+    if field == "milestones":                    # they go with the multistep schedule only
+        change = {"schedule": "multistep", "milestones": (0.5,)}
+    else:
+        change = {field: _changed(getattr(base.recipe, field), field)}
+    recipe = dataclasses.replace(base.recipe, **change)
     assert _run(recipe=recipe).hash() != base.hash()
 
 
@@ -335,7 +339,7 @@ def test_validators_wording():
 
 @pytest.mark.parametrize("make,message", [
     (lambda: RecipeConfig(epochs=0), "bad value 0 for recipe.epochs: must be an integer >= 1"),
-    (lambda: RecipeConfig(schedule="linear"), "bad value 'linear' for recipe.schedule: must be cosine or step"),
+    (lambda: RecipeConfig(schedule="linear"), "bad value 'linear' for recipe.schedule: must be one of cosine, step, multistep"),
     (lambda: TeacherConfig(source="zoo"), "bad value 'zoo' for teacher.source: must be train or checkpoint"),
     (lambda: _run(precision="fp16"), "bad value 'fp16' for precision: must be fp32 or bf16"),
     (lambda: _run(seed=-1), "bad value -1 for seed: must be >= 0"),

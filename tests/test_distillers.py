@@ -377,3 +377,24 @@ def test_parameter_counts_on_the_meta_device_equal_a_real_build(capsys, name):
     assert next(real.parameters()).device.type == "cpu"
     assert (row["student_params"], row["extra_params"]) == (real.num_student_params, real.num_extra_params)
     assert row["extra_params"] > 0
+
+
+def test_bench_overhead_times_engine_bare_and_plain_loops(capsys):
+    """Issue 18: the engine's loop, the bare loop and (for KD) a plain-timm loop, side by side."""
+    args = ["bench", "--overhead", "--preset", "smoke", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs",
+            "--distillers", "kd,fitnet", "--steps", "2", "--rounds", "2", "--batch-size", "8", "--device", "cpu"]
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["distiller"] for r in rows] == ["kd", "fitnet"]
+    for r in rows:
+        assert r["engine_ms"] > 0 and r["bare_ms"] > 0 and r["batch_size"] == 8
+        assert r["engine_over_bare"] == pytest.approx(r["engine_ms"] / r["bare_ms"], rel=0.01)
+        assert all(len(v) == 2 for v in r["rounds_ms"].values())
+    kd, fitnet = rows
+    assert kd["plain_ms"] > 0 and kd["kd_over_plain"] == pytest.approx(kd["bare_ms"] / kd["plain_ms"], rel=0.01)
+    assert fitnet["plain_ms"] is None and fitnet["kd_over_plain"] is None
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| pair | distiller |") and table.count("\n") == 4
+    assert main(args[:-2] + ["--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err

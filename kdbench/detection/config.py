@@ -7,7 +7,7 @@ heads and the sample counts with the backbones, so the heads do not dominate a s
 
 from dataclasses import dataclass
 
-from kdbench.validators import at_least
+from kdbench.validators import at_least, opt_in
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,12 @@ class DetectorConfig:
     rpn_batch_size_per_image: int = 256   # anchors sampled per image for the RPN loss
     box_batch_size_per_image: int = 512   # proposals sampled per image for the ROI head (and the distillers)
     box_detections_per_img: int = 100
+    freeze_bn: bool = opt_in(False)       # the backbone's BatchNorm frozen (detectron2's FrozenBN, its ResNet default)
 
     def __post_init__(self):
         for name, value in vars(self).items():
-            at_least(f"detector.{name}", value, 1)
+            if not isinstance(value, bool):
+                at_least(f"detector.{name}", value, 1)
 
     def kwargs(self) -> dict:
         """Keyword arguments of `kdbench.detection.model.Detector` / torchvision's `FasterRCNN`."""

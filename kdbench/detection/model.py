@@ -27,7 +27,7 @@ from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -248,9 +248,12 @@ def _check_targets(targets):
 
 
 def build_detector(backbone_name: str, *, num_classes: int, img_size: int, in_chans: int = 3,
-                   fpn_channels: int = 256, **rcnn_kwargs) -> Detector:
+                   fpn_channels: int = 256, freeze_bn: bool = False, **rcnn_kwargs) -> Detector:
     """A `Detector` on the timm model `backbone_name` (any kdbench member or supported timm name),
     built for the square canvas `img_size`, with `num_classes` foreground classes. The backbone has
-    no classifier (`num_classes=0`). Other keywords go to `Detector` (and on to `FasterRCNN`)."""
+    no classifier (`num_classes=0`); `freeze_bn` turns its BatchNorm layers into frozen affine maps
+    (their statistics and scales become buffers). Other keywords go to `Detector` (and `FasterRCNN`)."""
     feature_model = create_feature_model(backbone_name, num_classes=0, in_chans=in_chans, img_size=img_size)
+    if freeze_bn:
+        feature_model.model = freeze_batch_norm_2d(feature_model.model)
     return Detector(feature_model, num_classes, fpn_channels=fpn_channels, **rcnn_kwargs)

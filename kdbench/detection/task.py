@@ -8,6 +8,7 @@ Data (`data.dataset`):
   streamed by `data.workers` processes; images resized to `data.resize_short` px on the shorter
   side (the longer at most `data.img_size`) and letterboxed on an `img_size` square canvas
   (`stream.py`); `train_limit` takes the first N training images (0: all).
+Teachers: trained by kdbench, or released checkpoints (`load_released`: kdbench's or detectron2's layout).
 """
 
 from pathlib import Path
@@ -68,13 +69,15 @@ class Detection:
         folder = _generated_dir(data)
         train, val = CocoDetection(*split_paths(folder, "train")), CocoDetection(*split_paths(folder, "val"))
         images, targets = load_in_memory(train)
-        norm = Normalizer(*pixel_stats(images), data.img_size, device)
+        stats = pixel_stats(images)
+        norm = Normalizer(*stats, data.img_size, device)
         train_loader = DetectionTrainLoader(images, targets, batch_size=batch_size, seed=run.seed, normalizer=norm,
                                             flip=data.flip, device=device, rank=rank, world_size=world_size)
         val_images, val_targets = load_in_memory(val)
         eval_loader = DetectionEvalLoader(val_images, val_targets, batch_size=r.eval_batch_size, normalizer=norm,
                                           device=device)
         eval_loader.gt_json, eval_loader.label_to_cat = split_paths(folder, "val")[1], val.label_to_cat
+        eval_loader.pixel_stats = stats
         info = DatasetInfo(data.dataset, train.num_classes, images.shape[1], data.img_size, len(train), len(val),
                            str(folder))
         return train_loader, eval_loader, info
@@ -92,6 +95,7 @@ class Detection:
                                          device=device, workers=data.workers, rank=rank, world_size=world_size)
         eval_loader = StreamEvalLoader(box(val), batch_size=r.eval_batch_size, device=device, workers=data.workers)
         eval_loader.gt_json, eval_loader.label_to_cat = val.annotations, val.label_to_cat
+        eval_loader.pixel_stats = (mean, std)
         info = DatasetInfo(data.dataset, train.num_classes, 3, data.img_size, len(train), len(val), str(data.root))
         return train_loader, eval_loader, info
 
@@ -101,6 +105,19 @@ class Detection:
         sizes = run.detector.kwargs() if run is not None else {}
         return build_detector(name, num_classes=info.num_classes, img_size=info.img_size, in_chans=info.in_chans,
                               **sizes)
+
+    def load_released(self, name: str, info, run, state: dict, path, eval_loader):
+        """A teacher detector holding a released checkpoint, kdbench's layout or detectron2's, given the
+        inputs it was trained on (`released.py`; `eval_loader.pixel_stats`: the students' normalisation)."""
+        from .model import build_detector
+        from .released import load_released_detector
+        sizes = run.detector.kwargs()
+
+        def build(backbone: str, **extra):
+            return build_detector(backbone, num_classes=info.num_classes, img_size=info.img_size,
+                                  in_chans=info.in_chans, **{**sizes, **extra})
+        return load_released_detector(build, name, state, path, student_stats=eval_loader.pixel_stats,
+                                      tcfg=run.teacher_config)
 
     def fixed_batch(self, batch_size: int, info, device, seed: int = 0, boxes_per_image: int = 4):
         """A seeded random batch for timing steps: normal images and `boxes_per_image` boxes each (sides

@@ -13,6 +13,7 @@ from ..config import Preset, RunConfig, apply_overrides, build, compile_flag, lo
 from ..data import DataConfig
 from ..distributed import SINGLE, DistInfo
 from ..grid import Pair, expand_runs, parse_seeds, resolve_pairs, run_dir
+from ..student_init import StudentInitConfig, student_file
 from ..registry import load_plugin
 
 PLAN_SCHEMA = 1
@@ -49,13 +50,20 @@ class Plan:
         for module in plugins:
             load_plugin(module)
         preset_obj = load_preset(preset)
-        pair_list: List[Pair] = resolve_pairs(pairs, preset_obj)
         parsed = parse_overrides(list(overrides))
+        preset_obj = dataclasses.replace(preset_obj, student=apply_overrides(preset_obj.student, parsed, "student"),
+                                         detector=apply_overrides(preset_obj.detector, parsed, "detector"))
+        pair_list: List[Pair] = resolve_pairs(pairs, preset_obj)
         data = apply_overrides(preset_obj.data, parsed, "data")
         if data_root is not None:
             data = dataclasses.replace(data, root=data_root)
         if need_data:
             resolve_root(data.dataset, data.root)      # missing data: fail now, write nothing
+            if preset_obj.student.source == "checkpoint":      # missing student weights too
+                for pair in pair_list:
+                    student_file(preset_obj.student, pair.scaled(preset_obj)[1])
+        else:                                          # random batches (bench): weights do not matter
+            preset_obj = dataclasses.replace(preset_obj, student=StudentInitConfig())
         teacher_cfg = apply_overrides(preset_obj.teacher, parsed, "teacher")
         dev = dist.device_for(resolve_device(device))
         seed_list = parse_seeds(seeds) if seeds else list(range(preset_obj.seeds))
