@@ -73,6 +73,7 @@ class DetectionPAT(DetectionDistiller, PAT):
             for s in cfg.afp_stages:
                 self.prompts[str(s)] = PromptBlock(self.prompted.input_specs[s - 1], t_levels[s - 1],
                                                    "se_gate_only" in items, cfg.feedback != "none")
+                self.prompts[str(s)].closed_form = cfg.closed_form
         self.feedback = FeedbackState()
 
     @property

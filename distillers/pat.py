@@ -9,6 +9,7 @@ The default is the corrected method (§3.6 items 1-7). `faithful=true` reproduce
 code's behaviours item by item (`FAITHFUL_ITEMS`); `faithful_items=[...]` selects some of them.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -19,7 +20,7 @@ from torch import nn
 
 from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
-from kdbench.validators import at_least, check, one_of, opt_in, positive, subset_of
+from kdbench.validators import at_least, check, one_of, opt_in, positive, subset_of, unhashed
 
 from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
@@ -57,6 +58,11 @@ class PATConfig(TaskConfig):
     # LSKD on the KD term (alpha) only: the regulariser compares the teacher with itself, the same
     # logits' scale on both sides, so z-scoring them there has no purpose
     logit_standardization: bool = opt_in(False)
+    # speed only (the same losses): the prompted teacher pass reuses the clean pass's stem and stages
+    # before the first prompted stage (kdbench/models/prefix.py) instead of computing them again
+    replay_prefix: bool = unhashed(True)
+    # speed only: faithful (gate-only) prompt and fusion blocks from window sums (pat_closed_form.py)
+    closed_form: bool = unhashed(True)
 
     LEVELS = 4                      # feature levels RAA attends over (p x p region tokens each)
     ITEMS = FAITHFUL_ITEMS          # the official behaviours this task's PAT can reproduce
@@ -224,12 +230,16 @@ class PAT(Distiller):
             for s in cfg.afp_stages:
                 self.prompts[str(s)] = PromptBlock(teacher.input_specs[s - 1], t_specs[s - 1],
                                                    "se_gate_only" in items, cfg.feedback != "none")
+                self.prompts[str(s)].closed_form = cfg.closed_form
         self.feedback = FeedbackState()
 
     def forward(self, images, labels):
         cfg = self.cfg
         logits, s_feats = self.student(images)
-        t_logits, t_feats = self._clean_teacher(images)
+        prefix = self._prefix_modules(images)
+        with self.teacher.prefix.record(prefix) if prefix else contextlib.nullcontext({}) as recorded:
+            t_logits, t_feats, clean_in_eval = self._clean_teacher(images)
+        replay = self.teacher.prefix.replay(recorded) if recorded and clean_in_eval else contextlib.nullcontext()
         aligned = self.aligners_out(s_feats)
         t_specs = self.teacher.stage_specs
         z_s, z_t = (standardize_logits(logits), standardize_logits(t_logits)) if cfg.logit_standardization \
@@ -238,7 +248,7 @@ class PAT(Distiller):
         if cfg.afp:
             feedback = self._feedback(images.shape[0], aligned, t_feats)
             transforms = {s - 1: self._prompt_fn(s, feedback.get(s)) for s in cfg.afp_stages}
-            with self.teacher.stage_inputs(transforms):
+            with self.teacher.stage_inputs(transforms), replay:
                 p_logits, p_feats = self.teacher(images)      # a graph through the frozen teacher
             losses["pat_reg"] = cfg.reg_weight * kd_loss(p_logits, t_logits, 1.0)
             anchor = self._zero_anchor(feedback)
@@ -273,13 +283,22 @@ class PAT(Distiller):
         regions = self.raa(s_feats) if self.raa is not None else s_feats
         return [al(r) for al, r in zip(self.aligners, regions)]
 
+    def _prefix_modules(self, images) -> Optional[List[str]]:
+        """The teacher modules that run before the first prompted stage, for the prompted pass to
+        replay (`replay_prefix`); None when off, without prompts, or inside torch.compile (whose
+        graphs would break on the module swap)."""
+        if not (self.cfg.replay_prefix and self.cfg.afp and self.training) or torch.compiler.is_compiling():
+            return None
+        return self.teacher.prefix.plan(min(self.cfg.afp_stages) - 1, images, self.teacher)
+
     def _clean_teacher(self, images):
+        """(logits, stage features, whether the pass ran in eval mode like the prompted one)."""
         if self.training and "teacher_train_first_step" in self.cfg.items:
             return self._official_clean_teacher(images)
         if self.training:
             self.feedback.stepped.copy_(self.epoch_tensor)
         with torch.no_grad():
-            return self.teacher(images)
+            return (*self.teacher(images), True)
 
     @torch.compiler.disable     # a per-step mode switch decided on the host: kept out of compiled graphs
     def _official_clean_teacher(self, images):
@@ -291,7 +310,7 @@ class PAT(Distiller):
             self.teacher.train()
         try:
             with torch.no_grad():
-                return self.teacher(images)
+                return (*self.teacher(images), not first)
         finally:
             self.teacher.eval()
 

@@ -90,6 +90,29 @@ def test_torchrun_two_processes_smoke_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_two_processes_detection_run(tmp_path):
+    """Detection under DDP: the teacher trained on two ranks, KD on ROI logits and PAT with prompts in
+    the teacher's backbone, records with mAP from rank 0."""
+    out = tmp_path / "runs"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}",
+                           "-m", "kdbench", "run", "--distiller", "kd,pat", "--pairs",
+                           "swin_tiny_patch4_window7_224:resnet18", "--preset", "det-smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("kd", "pat"):
+        rec = json.loads((out / "det-smoke" / "kdbench_swin_t_xs__kdbench_resnet18_xs" / name / "seed0" /
+                          "result.json").read_text())
+        assert rec["status"] == "done" and rec["world_size"] == 2 and rec["metric"] == "map"
+        assert rec["global_batch_size"] == 8 and rec["per_rank_batch_size"] == 4
+        assert 0 <= rec["metrics"]["map"] <= 100
+    assert proc.stdout.count("kdbench leaderboard") == 1
+
+
+@pytest.mark.slow
 def test_grid_on_a_local_ray_instance(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "runs"

@@ -99,3 +99,16 @@ def test_committed_bench_tables_are_generated_from_their_json(path):
     rows = json.loads(path.read_text())
     assert (path.parent / "bench.md").read_text() == "```\n" + format_rows(rows) + "\n```\n"
     assert all(r["train_flops_per_img"] > 0 and 0 < r["peak_fraction"] < 1 for r in rows)
+
+
+GENERATED_TABLES = sorted((ROOT / "benchmarks" / "results" / "performance").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", GENERATED_TABLES, ids=[p.stem for p in GENERATED_TABLES])
+def test_committed_overhead_and_savings_tables_are_generated_from_their_json(path):
+    """Issue 18: the harness-overhead and PAT-savings tables are their JSON rows, rendered."""
+    from benchmarks.pat_savings import table
+    from kdbench.bench_overhead import format_overhead
+    rows = json.loads(path.read_text())
+    render = format_overhead if path.name.startswith("overhead-") else table
+    assert path.with_suffix(".md").read_text() == render(rows) + "\n"

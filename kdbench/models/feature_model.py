@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .families import family_of, stage_layout
+from .prefix import PrefixReplay
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,13 @@ class FeatureModel(nn.Module):
             yield self
         finally:
             self._stage_hooks.transforms = previous
+
+    @property
+    def prefix(self) -> PrefixReplay:
+        """Records the modules before a stage in one pass and replays them in the next (`prefix.py`)."""
+        if getattr(self, "_prefix", None) is None:
+            self._prefix = PrefixReplay(self.model, self.stage_module_names)
+        return self._prefix
 
     # -- shapes --------------------------------------------------------------------------
     @property
