@@ -54,7 +54,7 @@ def summary(out: Path) -> dict:
         flops = {(c["teacher"], c["student"], c["distiller"]): c["train_flops_per_img"]
                  for c in json.loads((out / "plan.json").read_text())["cells"]}
     cells = []
-    for mode in ("eager", "compile"):          # per-cell records: a step cut by its timeout keeps its cells
+    for mode in ("eager", "compile", "fused"):          # per-cell records: a step cut by its timeout keeps its cells
         for path in sorted((out / f"dry-{mode}").rglob("dry.json")):
             row = json.loads(path.read_text())
             cell = {"mode": mode, **{k: row.get(k) for k in ("teacher", "student", "distiller", "status", "error",

@@ -8,6 +8,7 @@
 #   dry-eager    paper dry run: Swin-T->ResNet18 and ConvNeXt-T->DeiT-T x (kd, ofa, pat), batch 128,
 #                synthetic 224-px data, bf16 autocast, channels_last
 #   dry-compile  the same with torch.compile
+#   dry-fused    pat with its clean and prompted teacher passes as one 2B batch (distiller.fused_teacher_passes)
 #   tiny         the tiny grid's Swin-T->ResNet18 x (kd, pat), one seed, end to end (teacher trained);
 #                Fashion-MNIST from $KDBENCH_DATA: the device machine has no network, so copy
 #                /usr/share/datasets/fashion-mnist (30 MB) to .data/ (git-ignored), carry it, and
@@ -52,5 +53,7 @@ step dry-eager 90 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PA
   --device "$DEVICE" --out "$OUT/dry-eager"
 step dry-compile 180 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller kd,ofa,pat \
   --set compile=true --device "$DEVICE" --out "$OUT/dry-compile"
+step dry-fused 60 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller pat \
+  --set distiller.fused_teacher_passes=true --device "$DEVICE" --out "$OUT/dry-fused"
 step tiny 120 python -m kdbench run "${TINY[@]}" --distiller kd,pat --seeds 1 --device "$DEVICE" --out "$OUT/tiny"
 python "$HERE/gpu_check.py" summary "$OUT"

@@ -48,6 +48,8 @@ class Distiller(nn.Module):
     Config = TaskConfig
     display_name = ""                   # the paper's name, in tables people read ("" = the registry name)
     requires_teacher = True
+    level = "logits"                    # what reaches the student: "logits" (outputs), "features" (spatial
+                                        # intermediate features; findings compare the two), "none"
     find_unused_parameters = False      # DDP: set where some parameters skip a step (cheaper: `idle_parameters`)
 
     def __init__(self, student: FeatureModel, teacher: Optional[FeatureModel], cfg, *,

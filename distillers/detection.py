@@ -55,6 +55,7 @@ class DetectionDistiller(Distiller):
 @register_distiller("vanilla", task="detection")
 class DetectionVanilla(DetectionDistiller):
     display_name = "From scratch"
+    level = "none"
     Config = TaskConfig
     requires_teacher = False
 
@@ -142,6 +143,7 @@ class DetectionFitNet(DetectionDistiller):
     """MSE between each student FPN level (regressed) and the teacher's, plus KD on the ROI logits."""
 
     display_name = "FitNet"
+    level = "features"
     Config = DetectionFitNetConfig
 
     def __init__(self, student, teacher, cfg, **kw):
@@ -216,6 +218,7 @@ class DetectionReviewKD(DetectionDistiller):
     assumes equal pyramids)."""
 
     display_name = "ReviewKD"
+    level = "features"
     Config = DetectionReviewKDConfig
 
     def __init__(self, student, teacher, cfg, **kw):

@@ -38,6 +38,7 @@ class FitNet(Distiller):
     layer (1x1 conv, patchify or unpatchify, chosen from the stage specs); prefix tokens are
     left out on both sides. Loss: sum over stages of the MSE to the teacher's stage feature."""
     display_name = "FitNet"
+    level = "features"
 
     Config = FitNetConfig
 

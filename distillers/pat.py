@@ -63,6 +63,9 @@ class PATConfig(TaskConfig):
     replay_prefix: bool = unhashed(True)
     # speed only: faithful (gate-only) prompt and fusion blocks from window sums (pat_closed_form.py)
     closed_form: bool = unhashed(True)
+    # speed only, for GPUs: clean and prompted teacher passes as one 2B batch (exact in eval mode; the
+    # clean half also gets a zero backward); not with feedback=current or a train-mode clean pass
+    fused_teacher_passes: bool = unhashed(False)
 
     LEVELS = 4                      # feature levels RAA attends over (p x p region tokens each)
     ITEMS = FAITHFUL_ITEMS          # the official behaviours this task's PAT can reproduce
@@ -208,6 +211,7 @@ class RegionToStage(nn.Module):
 @register_distiller("pat")
 class PAT(Distiller):
     display_name = "PAT"
+    level = "features"
     Config = PATConfig
 
     def __init__(self, student, teacher, cfg: PATConfig, **kw):
@@ -236,20 +240,26 @@ class PAT(Distiller):
     def forward(self, images, labels):
         cfg = self.cfg
         logits, s_feats = self.student(images)
-        prefix = self._prefix_modules(images)
-        with self.teacher.prefix.record(prefix) if prefix else contextlib.nullcontext({}) as recorded:
-            t_logits, t_feats, clean_in_eval = self._clean_teacher(images)
-        replay = self.teacher.prefix.replay(recorded) if recorded and clean_in_eval else contextlib.nullcontext()
+        fused = self._fused_passes()
+        if fused:
+            feedback = self._feedback(images.shape[0], None, None)
+            t_logits, t_feats, p_logits, p_feats = self._fused_teacher(images, feedback)
+        else:
+            prefix = self._prefix_modules(images)
+            with self.teacher.prefix.record(prefix) if prefix else contextlib.nullcontext({}) as recorded:
+                t_logits, t_feats, clean_in_eval = self._clean_teacher(images)
+            replay = self.teacher.prefix.replay(recorded) if recorded and clean_in_eval else contextlib.nullcontext()
         aligned = self.aligners_out(s_feats)
         t_specs = self.teacher.stage_specs
         z_s, z_t = (standardize_logits(logits), standardize_logits(t_logits)) if cfg.logit_standardization \
             else (logits, t_logits)
         losses = {"gt": self.gt_loss(logits, labels), "kd": cfg.kd_weight * kd_loss(z_s, z_t, cfg.temperature)}
         if cfg.afp:
-            feedback = self._feedback(images.shape[0], aligned, t_feats)
-            transforms = {s - 1: self._prompt_fn(s, feedback.get(s)) for s in cfg.afp_stages}
-            with self.teacher.stage_inputs(transforms), replay:
-                p_logits, p_feats = self.teacher(images)      # a graph through the frozen teacher
+            if not fused:
+                feedback = self._feedback(images.shape[0], aligned, t_feats)
+                transforms = {s - 1: self._prompt_fn(s, feedback.get(s)) for s in cfg.afp_stages}
+                with self.teacher.stage_inputs(transforms), replay:
+                    p_logits, p_feats = self.teacher(images)      # a graph through the frozen teacher
             losses["pat_reg"] = cfg.reg_weight * kd_loss(p_logits, t_logits, 1.0)
             anchor = self._zero_anchor(feedback)
             if anchor is not None:
@@ -282,6 +292,24 @@ class PAT(Distiller):
         """The student's four stages mapped onto the teacher's stage maps (through RAA if on)."""
         regions = self.raa(s_feats) if self.raa is not None else s_feats
         return [al(r) for al, r in zip(self.aligners, regions)]
+
+    def _fused_passes(self) -> bool:
+        items = self.cfg.items
+        return (self.cfg.fused_teacher_passes and self.cfg.afp and self.training and self.cfg.feedback != "current"
+                and "teacher_train_first_step" not in items)
+
+    def _fused_teacher(self, images, feedback):
+        """(clean logits, clean features, prompted logits, prompted features) from one teacher pass over
+        [images; images] whose prompts transform the second half only."""
+        b = images.shape[0]
+        self.feedback.stepped.copy_(self.epoch_tensor)
+
+        def second_half(fn):
+            return lambda x: torch.cat([x[:b], fn(x[b:])])
+        transforms = {s - 1: second_half(self._prompt_fn(s, feedback.get(s))) for s in self.cfg.afp_stages}
+        with self.teacher.stage_inputs(transforms):
+            logits, feats = self.teacher(torch.cat([images, images]))
+        return logits[:b].detach(), [f[:b].detach() for f in feats], logits[b:], [f[b:] for f in feats]
 
     def _prefix_modules(self, images) -> Optional[List[str]]:
         """The teacher modules that run before the first prompted stage, for the prompted pass to

@@ -87,6 +87,7 @@ class ReviewKD(Distiller):
     (+ optional KD). Levels, deepest first: the pooled last stage (mdistiller's fifth level,
     `pooled_level`), then the stages; each ABF after the first fuses the previous one's output."""
     display_name = "ReviewKD"
+    level = "features"
 
     Config = ReviewKDConfig
 

@@ -8,6 +8,7 @@ from .base import Distiller, DistillOutput, TaskConfig
 @register_distiller("vanilla")
 class Vanilla(Distiller):
     display_name = "From scratch"
+    level = "none"
     Config = TaskConfig
     requires_teacher = False
 

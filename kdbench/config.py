@@ -307,14 +307,26 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
 
 def run_flag(overrides: Dict[str, object], name: str) -> bool:
     """A top-level boolean `--set NAME=true|false` (default false): `compile` wraps the training forward
-    in torch.compile; `deterministic` asks for deterministic CUDA kernels (engine.configure_backends)."""
+    in torch.compile (it also takes `auto`, see compile_flag); `deterministic` asks for deterministic
+    CUDA kernels (engine.configure_backends)."""
     value = overrides.get(name, False)
     if not isinstance(value, bool):
-        raise UsageError(f"bad value {value!r} for {name}: must be true or false")
+        choices = "true, false or auto" if name == "compile" else "true or false"
+        raise UsageError(f"bad value {value!r} for {name}: must be {choices}")
     return value
 
 
-def compile_flag(overrides: Dict[str, object]) -> bool:
+# `compile=auto` (the default) compiles CUDA runs of at least this many steps. Measured on CPU
+# (benchmarks/README.md, "torch.compile on CPU"): 61-86 s of compilation repaid after 1,600-6,000 steps
+# there, so CPU runs stay eager; GPUs compile in similar time and gain more per step.
+COMPILE_MIN_STEPS = 5000
+
+
+def compile_flag(overrides: Dict[str, object]):
+    """`--set compile=true|false|auto` (default auto): True, False, or "auto" (grid.resolve_compile)."""
+    value = overrides.get("compile", "auto")
+    if value == "auto":
+        return "auto"
     return run_flag(overrides, "compile")
 
 

@@ -3,7 +3,7 @@ table so that they cannot drift from the data.
 
 Each finding is one Markdown bullet computed from a `Table`: who ranks best (overall and per
 student group) and which ranks differ significantly; which distillers beat the reference over
-pairs (Wilcoxon-Holm); how often each distiller beats vanilla and its median gain; every cell
+pairs (Wilcoxon-Holm); feature-level against logit-level methods (each distiller's `level`); how often each distiller beats vanilla and its median gain; every cell
 below vanilla, largest drop first; per-pair tests that survive Holm. Numbers are printed at the
 tables' precision.
 """
@@ -66,6 +66,37 @@ def _over_pairs(table: Table) -> List[str]:
              for g in sig]
     return lines or [f"No distiller differs from {method_display(table.reference)} over pairs at Wilcoxon-Holm "
                      f"p < {ALPHA}."]
+
+
+def _level_of(name: str) -> str:
+    from .registry import DISTILLERS
+    return getattr(DISTILLERS.get(name), "level", "") if name in DISTILLERS else ""
+
+
+def _levels(table: Table) -> List[str]:
+    """Feature-level vs logit-level methods (the PAT paper's detection claim; OFA's for classification)."""
+    groups = {lvl: [d for d in table.distillers if _level_of(d) == lvl] for lvl in ("features", "logits")}
+    if not all(groups.values()):
+        return []
+    best = every = 0
+    diffs = []
+    for row in table.rows:
+        means = {lvl: [rounded(row.cells[d].mean) for d in names if d in row.cells and row.cells[d].mean is not None]
+                 for lvl, names in groups.items()}
+        if any(len(means[lvl]) < len(groups[lvl]) for lvl in groups):
+            continue                                   # only pairs where every method of both groups ran
+        top_f, top_l = max(means["features"]), max(means["logits"])
+        best += top_f > top_l
+        every += min(means["features"]) > top_l
+        diffs.append(top_f - top_l)
+    if not diffs:
+        return []
+    diffs.sort()
+    mid = len(diffs) // 2
+    median = diffs[mid] if len(diffs) % 2 else (diffs[mid - 1] + diffs[mid]) / 2
+    return [f"Feature-level methods ({_names(groups['features'])}) vs logit-level ({_names(groups['logits'])}): "
+            f"the best feature-level method is above the best logit-level one on {best} of {_count(len(diffs), 'pair')} "
+            f"(median difference {median:+.2f}); every feature-level method is above every logit-level one on {every}."]
 
 
 def _vanilla(table: Table) -> List[str]:
@@ -153,6 +184,6 @@ def render_findings(table: Table) -> str:
     lines += [f"- {x}" for x in _coverage(table)]
     for block in table.blocks:
         lines += [f"- {x}" for x in _ranking(block)]
-    for part in (_control, _over_pairs, _vanilla, _below_vanilla, _cells, _cost):
+    for part in (_control, _over_pairs, _levels, _vanilla, _below_vanilla, _cells, _cost):
         lines += [f"- {x}" for x in part(table)]
     return "\n".join(lines) + "\n"

@@ -99,7 +99,7 @@ def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, 
 
 
 def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds: List[int], *, data, teacher_cfg,
-                overrides: Dict[str, object], compile_: bool = False, device=None) -> List[RunConfig]:
+                overrides: Dict[str, object], compile_=False, device=None) -> List[RunConfig]:
     """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
     per-method defaults, then the `--set` overrides (validated here, before anything runs). The
     runs' precision is the recipe's on `device` (default: the CPU)."""
@@ -113,15 +113,27 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
         for name in distillers:
             try:
                 budgeted, dcfg = at_budget(recipe, configs[name])
+                compiled = resolve_compile(compile_, budgeted, data, device or _CPU)
                 runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed,
                                       distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
-                                      teacher_config=teacher_cfg, compile=compile_,
+                                      teacher_config=teacher_cfg, compile=compiled,
                                       precision=recipe.precision_on(device or _CPU), task=preset.task,
                                       detector=preset.detector, student_init=preset.student,
                                       deterministic=deterministic) for seed in seeds)
             except ValueError as exc:
                 raise user_error(exc, "run") from None
     return runs
+
+
+def resolve_compile(flag, recipe, data, device) -> bool:
+    """`compile=auto`: on for CUDA runs of at least COMPILE_MIN_STEPS steps (long enough to repay the
+    compilation), off elsewhere; true/false as given."""
+    if flag != "auto":
+        return bool(flag)
+    from .config import COMPILE_MIN_STEPS
+    from .data import dataset_sizes
+    steps = recipe.epochs * (dataset_sizes(data)[0] // recipe.batch_size)
+    return device.type == "cuda" and steps >= COMPILE_MIN_STEPS
 
 
 def at_budget(recipe, distiller_config):

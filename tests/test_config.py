@@ -505,3 +505,20 @@ def test_presets_are_not_shadowed_by_a_benchmarks_folder_in_the_working_director
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_compile_auto_compiles_long_cuda_runs_only():
+    """Issue 18: `compile=auto` (the default): CUDA runs of COMPILE_MIN_STEPS steps or more, never CPU runs."""
+    import torch
+    from kdbench.config import COMPILE_MIN_STEPS, compile_flag
+    from kdbench.grid import resolve_compile
+    preset = load_preset("paper")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_flag({}) == "auto" and compile_flag({"compile": True}) is True
+    assert resolve_compile("auto", preset.cnn, preset.data, cuda)                 # 300 epochs of CIFAR-100
+    assert not resolve_compile("auto", preset.cnn, preset.data, cpu)
+    short = dataclasses.replace(preset.cnn, epochs=1)                             # 390 steps
+    assert not resolve_compile("auto", short, preset.data, cuda)
+    assert resolve_compile(True, short, preset.data, cpu) and not resolve_compile(False, preset.cnn, preset.data, cuda)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"at least {COMPILE_MIN_STEPS:,} steps are compiled" in readme

@@ -161,10 +161,11 @@ def test_gpu_check_cpu_self_test(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "gpu-check.json").read_text())
-    assert [s["step"] for s in result["steps"]] == ["probe", "plan", "dry-eager", "dry-compile", "tiny"]
+    assert [s["step"] for s in result["steps"]] == ["probe", "plan", "dry-eager", "dry-compile", "dry-fused", "tiny"]
     assert result["ok"] and all(s["rc"] == 0 for s in result["steps"])
-    assert len(result["dry_run"]) == 12 and all(c["status"] == "done" and c["utilisation"] > 0
+    assert len(result["dry_run"]) == 14 and all(c["status"] == "done" and c["utilisation"] > 0
                                                 for c in result["dry_run"])
+    assert sorted(c["mode"] for c in result["dry_run"] if c["mode"] == "fused") == ["fused", "fused"]
     assert sorted(t["distiller"] for t in result["tiny"]) == ["kd", "pat"]
     assert all(t["status"] == "done" for t in result["tiny"])
     assert json.loads((out / "gpu-utilisation.json").read_text())["utilisation"] == result["utilisation"]

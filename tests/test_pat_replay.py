@@ -25,6 +25,16 @@ def _steps(d, n=2):
     return steps
 
 
+def _assert_same_steps(a, b, rtol, atol):
+    """The same loss terms and gradients, step by step (gradients at 10x the losses' rtol)."""
+    for (loss_a, grad_a), (loss_b, grad_b) in zip(a, b):
+        assert loss_a.keys() == loss_b.keys() and grad_a.keys() == grad_b.keys()
+        for k in loss_a:
+            torch.testing.assert_close(loss_a[k], loss_b[k], rtol=rtol, atol=atol)
+        for n in grad_a:
+            torch.testing.assert_close(grad_a[n], grad_b[n], rtol=10 * rtol, atol=atol, msg=n)
+
+
 def _counting(model, names):
     counts = dict.fromkeys(names, 0)
     for n in names:
@@ -49,12 +59,7 @@ def test_prompted_pass_replays_the_clean_prefix_exactly(teacher, stages):
             skipped = counts
     # each prefix module ran once per step (the clean pass), not twice
     assert set(skipped.values()) == {2}, skipped
-    for (loss_a, grad_a), (loss_b, grad_b) in zip(*runs):
-        assert loss_a.keys() == loss_b.keys() and grad_a.keys() == grad_b.keys()
-        for k in loss_a:
-            torch.testing.assert_close(loss_a[k], loss_b[k], rtol=1e-6, atol=1e-7)
-        for n in grad_a:
-            torch.testing.assert_close(grad_a[n], grad_b[n], rtol=1e-5, atol=1e-7, msg=n)
+    _assert_same_steps(*runs, rtol=1e-6, atol=1e-7)
 
 
 def test_plan_covers_the_stem_and_earlier_stages():
@@ -80,3 +85,23 @@ def test_faithful_first_step_of_an_epoch_does_not_replay_a_train_mode_pass():
     for (loss_a, _), (loss_b, _) in zip(*runs):
         for k in loss_a:
             torch.testing.assert_close(loss_a[k], loss_b[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("teacher", ["kdbench_swin_t_xs", "kdbench_vit_s_xs", "kdbench_resnet50_xs", "kdbench_mixer_b_xs"])
+def test_fused_clean_and_prompted_teacher_passes_equal_two_passes(teacher):
+    """`fused_teacher_passes` (for GPUs): one 2B teacher pass, the prompts on its second half only."""
+    runs = []
+    for fused in (True, False):
+        d = make("pat", teacher, "kdbench_deit_t_xs", fused_teacher_passes=fused, **SMALL).train()
+        for block in d.prompts.values():
+            torch.nn.init.constant_(block.beta, 0.5)
+        runs.append(_steps(d, n=3))
+    _assert_same_steps(*runs, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_passes_are_not_taken_where_the_clean_pass_must_come_first():
+    for cfg in (dict(feedback="current"), dict(faithful_items=("teacher_train_first_step",))):
+        d = make("pat", "kdbench_vit_s_xs", "kdbench_deit_t_xs", fused_teacher_passes=True, **SMALL, **cfg).train()
+        assert not d._fused_passes()
+    d = make("pat", "kdbench_vit_s_xs", "kdbench_deit_t_xs", fused_teacher_passes=True, **SMALL)
+    assert d.train()._fused_passes() and not d.eval()._fused_passes()

@@ -364,6 +364,11 @@ def test_findings_are_generated_from_the_table(runs):
     assert "Best average rank over all pairs (3 pairs, 4 distillers): DKD (1.33)" in text
     assert "FitNet on Mixer-B/16 → DeiT-T 41.00 vs 51.00 (-10.00)" in text
     assert "KD is above From scratch on 4 of 4 pairs" in text
+    # FitNet (69.50, 41.00, 62.00) against the better of KD and DKD (74.67, 57.17, 64.33) on the three
+    # pairs where all three ran
+    assert ("Feature-level methods (FitNet) vs logit-level (KD and DKD): the best feature-level method is above "
+            "the best logit-level one on 0 of 3 pairs (median difference -5.17); every feature-level method is "
+            "above every logit-level one on 0.") in text
 
 
 def test_finished_only_leaves_runs_in_progress_out(runs):
