@@ -3,13 +3,15 @@
     python -m benchmarks.pat_savings [--preset paper] [--pair T:S ...] [--steps 5] [--batch-size 8]
                                      [--set KEY=VALUE ...] [--json FILE]
 
-Variants (all compute the same losses and gradients; tests/test_pat_replay.py and
+Variants (all compute the same losses and gradients; tests/test_pat_savings.py and
 tests/test_pat_closed_form.py check that):
-  none         both savings off: the prompted pass recomputes the stem and earlier stages, faithful
+  none         every saving off: the prompted pass recomputes the stem and earlier stages, faithful
                gate-only blocks convolve as the official code does
   closed_form  faithful gate-only prompt/fusion blocks from window sums (distiller.closed_form)
   replay       the prompted pass replays the clean pass's prefix (distiller.replay_prefix)
-  both         the default
+  gathered     map aligners normalise and project the region cells before upsampling
+               (distiller.gathered_aligners; map teachers: ConvNeXt, ResNet, MobileNetV2)
+  all          the default
 Each variant is one `kdbench bench` row (PAT next to KD on the same pair in the same process);
 rows report step time, the ratio to KD and the saving against `none`.
 """
@@ -21,10 +23,11 @@ from types import SimpleNamespace
 
 from kdbench.bench import bench
 
-VARIANTS = {"none": ["distiller.closed_form=false", "distiller.replay_prefix=false"],
-            "closed_form": ["distiller.replay_prefix=false"],
-            "replay": ["distiller.closed_form=false"],
-            "both": []}
+OFF = {"closed_form": "distiller.closed_form=false", "replay": "distiller.replay_prefix=false",
+       "gathered": "distiller.gathered_aligners=false"}
+VARIANTS = {"none": list(OFF.values()),
+            **{name: [v for k, v in OFF.items() if k != name] for name in OFF},
+            "all": []}
 PAIRS = ("swin_tiny_patch4_window7_224:resnet18", "convnext_tiny:deit_tiny_patch16_224")
 
 

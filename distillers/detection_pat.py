@@ -65,6 +65,8 @@ class DetectionPAT(DetectionDistiller, PAT):
             self.raa = RegionAttention(s_levels, cfg)
             self.aligners = nn.ModuleList(RegionToStage(cfg.grid, cfg.dim, t) for t in t_levels)
             self.aligners.apply(init_weights)
+            for aligner in self.aligners:
+                aligner.gathered = cfg.gathered_aligners
         else:
             self.raa = None
             self.aligners = nn.ModuleList(StageAligner(s, t) for s, t in zip(s_levels, t_levels))

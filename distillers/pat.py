@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
 from kdbench.validators import at_least, check, one_of, opt_in, positive, subset_of, unhashed
 
-from .adapters import StageAligner, init_weights, map_to_tokens, resize_map, tokens_to_map
+from .adapters import StageAligner, init_weights
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
 from .losses import hcl_loss, kd_loss, standardize_logits
 from .pat_prompts import FeedbackState, PromptBlock, SameConv2d, SEBlock  # noqa: F401 (all re-exported)
+from .pat_raa import (PE_BATCH_ROWS, RegionAttention, RegionProjector, RegionToStage,  # noqa: F401 (all
+                      back_to_tokens, grid_part, sinusoid)                                # re-exported)
 
 FAITHFUL_ITEMS = {
     "token_permute": "PromptBlock returns token maps by a plain reshape, without the inverse permute (§3.6.1)",
@@ -63,6 +63,8 @@ class PATConfig(TaskConfig):
     replay_prefix: bool = unhashed(True)
     # speed only: faithful (gate-only) prompt and fusion blocks from window sums (pat_closed_form.py)
     closed_form: bool = unhashed(True)
+    # speed only: map aligners normalise and project the p x p region cells, then upsample (pat_raa.py)
+    gathered_aligners: bool = unhashed(True)
     # speed only, for GPUs: clean and prompted teacher passes as one 2B batch (exact in eval mode; the
     # clean half also gets a zero backward); not with feedback=current or a train-mode clean pass
     fused_teacher_passes: bool = unhashed(False)
@@ -93,120 +95,6 @@ class PATConfig(TaskConfig):
         return math.isqrt(self.num_queries // self.LEVELS)
 
 
-# -- tokens <-> maps, corrected or as the official code does it ------------------------------
-def grid_part(x: torch.Tensor, spec: StageSpec, last_token_cls: bool):
-    """(the spatial tokens as an NCHW map, the other tokens). Corrected: the prefix tokens are the
-    first `prefix_tokens` (timm's order); official: the last ones (§3.6.2)."""
-    if spec.layout == "map":
-        return x, None
-    p, n = spec.prefix_tokens, spec.num_tokens - spec.prefix_tokens
-    spatial, rest = (x[:, :n], x[:, n:]) if last_token_cls else (x[:, p:], x[:, :p])
-    return tokens_to_map(spatial, spec.grid), rest
-
-
-def back_to_tokens(m: torch.Tensor, rest: Optional[torch.Tensor], last_token_cls: bool, permute_bug: bool):
-    """Inverse of `grid_part`; with `permute_bug`, the official plain reshape (§3.6.1)."""
-    b, c = m.shape[:2]
-    tokens = m.reshape(b, -1, c) if permute_bug else map_to_tokens(m)
-    if rest is None or rest.shape[1] == 0:
-        return tokens
-    return torch.cat([tokens, rest] if last_token_cls else [rest, tokens], dim=1)
-
-
-PE_BATCH_ROWS = 5000       # the official table's length: `pe_by_batch` indexes it by sample (batches <= 5000)
-
-
-def sinusoid(n: int, d: int) -> torch.Tensor:
-    """The fixed transformer sinusoidal table for positions 0..n-1, (n, d) fp32, computed on the CPU
-    in fp64 (the same bits on every device)."""
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
-    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
-    pe = torch.zeros(n, d, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
-    return pe.float()
-
-
-# -- Region-Aware Attention -----------------------------------------------------------------
-class RegionProjector(nn.Module):
-    """A student stage -> p x p region tokens of width d: nearest-upsample to k*p (k = ceil(H/p)),
-    then a k x k patch-embedding conv with stride k (§3.2)."""
-
-    def __init__(self, spec: StageSpec, p: int, dim: int, last_token_cls: bool):
-        super().__init__()
-        self.spec, self.last_token_cls = spec, last_token_cls
-        k = (math.ceil(spec.grid[0] / p), math.ceil(spec.grid[1] / p))
-        self.size = (k[0] * p, k[1] * p)
-        self.conv = nn.Conv2d(spec.channels, dim, kernel_size=k, stride=k)
-
-    def forward(self, x):
-        m, _ = grid_part(x, self.spec, self.last_token_cls)
-        if tuple(m.shape[-2:]) != self.size:
-            m = F.interpolate(m, size=self.size, mode="nearest")
-        return map_to_tokens(self.conv(m))
-
-
-class RegionAttention(nn.Module):
-    """One self-attention over the N_q region tokens of all four student stages: shared LayerNorm,
-    q and kv projections, sinusoidal PE on q and k, no output projection, residual or MLP (§3.2)."""
-
-    def __init__(self, specs: List[StageSpec], cfg: PATConfig):
-        super().__init__()
-        self.heads, self.pe_by_batch = cfg.heads, "pe_by_batch" in cfg.items
-        self.projectors = nn.ModuleList(RegionProjector(s, cfg.grid, cfg.dim, "last_token_cls" in cfg.items)
-                                        for s in specs)
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
-        self.keep_attention = False          # set by `kdbench viz attention`
-        self.attention: Optional[torch.Tensor] = None
-        # Built once and moved with the module: forward only slices it (no table built, cached or
-        # copied to the device inside a compiled step). Not persistent: checkpoints stay as they were.
-        rows = PE_BATCH_ROWS if self.pe_by_batch else len(specs) * cfg.grid ** 2
-        self.register_buffer("pe", sinusoid(rows, cfg.dim), persistent=False)
-
-    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
-        e = torch.cat([proj(f) for proj, f in zip(self.projectors, feats)], dim=1)
-        b, n, d = e.shape
-        h = self.norm(e)
-        q, (k, v) = self.q(h), self.kv(h).chunk(2, dim=-1)
-        pe = (self.pe[:b, None] if self.pe_by_batch else self.pe[None, :n]).to(q.dtype)
-        q, k = q + pe, k + pe
-        q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        if self.keep_attention:
-            attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
-            self.attention = attn.mean(dim=1).detach()
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        return list(out.transpose(1, 2).reshape(b, n, d).chunk(len(self.projectors), dim=1))
-
-
-class RegionToStage(nn.Module):
-    """(B, p^2, d) region tokens -> the teacher stage's spatial map (§3.2's aligners M_i).
-    Map teacher: upsample (nearest; area-pool when the teacher grid is smaller) -> BN -> 1x1 conv.
-    Token teacher: BN over positions -> Linear d->D_t -> BN -> Linear p^2 -> L_t (token mixing)."""
-
-    def __init__(self, p: int, dim: int, teacher: StageSpec):
-        super().__init__()
-        self.p, self.teacher = p, teacher
-        c, grid = teacher.channels, teacher.grid
-        if teacher.layout == "map":
-            self.norm, self.proj = nn.BatchNorm2d(dim), nn.Conv2d(dim, c, 1, bias=False)
-        else:
-            self.pos_norm, self.channel = nn.BatchNorm1d(p * p), nn.Linear(dim, c)
-            self.norm, self.mix = nn.BatchNorm1d(c), nn.Linear(p * p, grid[0] * grid[1])
-
-    def forward(self, tokens):
-        grid = self.teacher.grid
-        if self.teacher.layout == "map":
-            m = tokens_to_map(tokens, (self.p, self.p))
-            m = F.interpolate(m, size=grid, mode="nearest") if grid[0] >= self.p else resize_map(m, grid)
-            return self.proj(self.norm(m))
-        x = self.norm(self.channel(self.pos_norm(tokens)).transpose(1, 2))      # (B, D_t, p^2)
-        return self.mix(x).reshape(x.shape[0], x.shape[1], *grid)
-
-
 # -- the distiller --------------------------------------------------------------------------
 @register_distiller("pat")
 class PAT(Distiller):
@@ -226,6 +114,8 @@ class PAT(Distiller):
             self.raa = RegionAttention(s_specs, cfg)
             self.aligners = nn.ModuleList(RegionToStage(cfg.grid, cfg.dim, t) for t in t_specs)
             self.aligners.apply(init_weights)           # the official init_weights (§3.1 item 5)
+            for aligner in self.aligners:
+                aligner.gathered = cfg.gathered_aligners
         else:
             self.raa = None
             self.aligners = nn.ModuleList(StageAligner(s, t) for s, t in zip(s_specs, t_specs))

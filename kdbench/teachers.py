@@ -106,7 +106,7 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
             if abs(top1 - manifest.top1) > 0.05:
                 raise UsageError(f"teacher {tdir / WEIGHTS} evaluates to {top1:.2f}% but its manifest says "
                                  f"{manifest.top1:.2f}%; delete {tdir} to retrain it")
-            log(f"teacher {teacher}: verified, top-1 {top1:.2f}%")
+            log(f"teacher {teacher}: verified, {_label(run.metric)} {top1:.2f}%")
         _check_floor(manifest.top1, tcfg, tdir / WEIGHTS)
         return fm, manifest
     log(f"teacher {teacher}: training ({reason}); recipe {run.hash()}")
@@ -125,9 +125,14 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
                                        sha256=sha256_file(tdir / WEIGHTS))
     write_manifest(tdir, manifest)
     dist.broadcast(manifest)
-    log(f"teacher {teacher}: top-1 {manifest.top1:.2f}% in {manifest.wall_s:.0f}s")
+    log(f"teacher {teacher}: {_label(manifest.metric)} {manifest.top1:.2f}% in {manifest.wall_s:.0f}s")
     _check_floor(manifest.top1, tcfg, tdir / WEIGHTS)
     return fm, manifest
+
+
+def _label(metric: str) -> str:
+    """How a log line names a teacher's headline: top-1, or mAP (detection)."""
+    return {"top1": "top-1", "map": "mAP"}.get(metric, metric)
 
 
 def _loaders(run: RunConfig, device):

@@ -59,7 +59,7 @@ BAD_RUNS = [
     ("bad-set-type", {}, ["--set", "recipe.epochs=abc"], ["'abc'", "recipe.epochs"]),
     ("bad-epochs", {}, ["--set", "recipe.epochs=-1"], ["-1", "recipe.epochs", ">= 1"]),
     ("bad-temperature", {}, ["--set", "distiller.temperature=0"], ["temperature"]),
-    ("bad-compile", {}, ["--set", "compile=maybe"], ["compile", "true or false"]),
+    ("bad-compile", {}, ["--set", "compile=maybe"], ["compile", "true, false or auto"]),
     ("seeds-zero", {}, ["--seeds", "0"], ["--seeds", "'0'"]),
     ("seeds-negative", {}, ["--seeds", "0,-1"], ["--seeds", ">= 0"]),
     ("device-tpu", {}, ["--device", "tpu"], ["'tpu'", "cpu", "cuda", "auto"]),

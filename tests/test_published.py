@@ -106,9 +106,14 @@ GENERATED_TABLES = sorted((ROOT / "benchmarks" / "results" / "performance").glob
 
 @pytest.mark.parametrize("path", GENERATED_TABLES, ids=[p.stem for p in GENERATED_TABLES])
 def test_committed_overhead_and_savings_tables_are_generated_from_their_json(path):
-    """Issue 18: the harness-overhead and PAT-savings tables are their JSON rows, rendered."""
-    from benchmarks.pat_savings import table
+    """Issue 18: the bench, harness-overhead, PAT-savings and CPU-settings tables are their JSON rows, rendered."""
+    from benchmarks import cpu_settings, pat_savings
     from kdbench.bench_overhead import format_overhead
     rows = json.loads(path.read_text())
-    render = format_overhead if path.name.startswith("overhead-") else table
+    from kdbench.bench import format_rows
+    renderers = {"overhead-": format_overhead, "pat-savings-": pat_savings.table, "cpu-settings-": cpu_settings.table,
+                 "bench-": lambda r: "```\n" + format_rows(r) + "\n```"}
+    render = next(f for prefix, f in renderers.items() if path.name.startswith(prefix))
+    if path.name.startswith("bench-"):                 # issue 18: work and utilisation in every row
+        assert all(r["train_flops_per_img"] > 0 and 0 < r["peak_fraction"] < 1 for r in rows)
     assert path.with_suffix(".md").read_text() == render(rows) + "\n"

@@ -59,7 +59,7 @@ class Plan:
             data = dataclasses.replace(data, root=data_root)
         if need_data:
             resolve_root(data.dataset, data.root)      # missing data: fail now, write nothing
-            if preset_obj.student.source == "checkpoint":      # missing student weights too
+            if preset_obj.student.source == "checkpoint" and distillers:      # missing student weights too
                 for pair in pair_list:
                     student_file(preset_obj.student, pair.scaled(preset_obj)[1])
         else:                                          # random batches (bench): weights do not matter

@@ -1,5 +1,7 @@
-"""Issue 18: PAT's prompted teacher pass replays the clean pass's stem and stages before the first
-prompted stage (kdbench/models/prefix.py): the same losses and gradients, without computing them."""
+"""Issue 18: PAT's exact savings. The prompted teacher pass replays the clean pass's stem and stages
+before the first prompted stage (kdbench/models/prefix.py); the clean and prompted passes can run as
+one 2B batch; map aligners normalise and project the region cells before upsampling. Each gives the
+same losses and gradients as the plain computation."""
 
 import pytest
 import torch
@@ -105,3 +107,40 @@ def test_fused_passes_are_not_taken_where_the_clean_pass_must_come_first():
         assert not d._fused_passes()
     d = make("pat", "kdbench_vit_s_xs", "kdbench_deit_t_xs", fused_teacher_passes=True, **SMALL)
     assert d.train()._fused_passes() and not d.eval()._fused_passes()
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (7, 5), (4, 4), (9, 16)])
+def test_gathered_aligner_equals_upsample_then_bn_and_conv(grid):
+    from distillers.pat import RegionToStage
+    from kdbench.models import StageSpec
+    torch.manual_seed(0)
+    fast = RegionToStage(4, 8, StageSpec("map", 6, grid)).double()
+    slow = RegionToStage(4, 8, StageSpec("map", 6, grid)).double()
+    slow.load_state_dict(fast.state_dict())
+    slow.gathered = False
+    for m in (fast, slow):
+        torch.nn.init.normal_(m.norm.weight), torch.nn.init.normal_(m.norm.bias)
+    slow.load_state_dict(fast.state_dict())
+    tokens = torch.randn(3, 16, 8, dtype=torch.float64, requires_grad=True)
+    for step in range(2):                                  # training: batch statistics, running stats updated
+        a, b = fast(tokens), slow(tokens)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        w = torch.randn_like(a)
+        ga = torch.autograd.grad((a * w).sum(), [tokens] + list(fast.parameters()))
+        gb = torch.autograd.grad((b * w).sum(), [tokens] + list(slow.parameters()))
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
+    for name, buf in fast.norm.named_buffers():
+        torch.testing.assert_close(buf, dict(slow.norm.named_buffers())[name], rtol=1e-12, atol=1e-12, msg=name)
+    fast.eval(), slow.eval()
+    torch.testing.assert_close(fast(tokens), slow(tokens), rtol=1e-10, atol=1e-12)
+
+
+def test_pat_steps_with_gathered_aligners_equal_the_upsampled_ones(monkeypatch):
+    from distillers.pat import RegionToStage
+    runs = []
+    for gathered in (True, False):
+        monkeypatch.setattr(RegionToStage, "gathered", gathered)
+        d = make("pat", "kdbench_convnext_t_xs", "kdbench_deit_t_xs", **SMALL).train()
+        runs.append(_steps(d))
+    _assert_same_steps(*runs, rtol=1e-5, atol=1e-6)
