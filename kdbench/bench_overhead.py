@@ -17,6 +17,7 @@ Rows: the three step times and `engine_over_bare`, `kd_over_plain` (kdbench's ba
 plain loop's). Teachers are randomly initialised: speed does not depend on the weights.
 """
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -38,15 +39,12 @@ def overhead_rows(plan, *, steps: int, rounds: int, batch_size=None) -> List[Dic
     """One row per run of `plan` (one seed per cell)."""
     if any(run.task != "classification" for run in plan.runs):
         raise UsageError("bench --overhead measures classification presets")
-    rows = []
-    for run in plan.runs:
-        rows.append(_overhead(run, plan.preset, steps=steps, rounds=rounds, batch_size=batch_size, device=plan.device))
-    return rows
+    return [_overhead(run, plan.preset, steps=steps, rounds=rounds, batch_size=batch_size, device=plan.device)
+            for run in plan.runs]
 
 
 def _synthetic(run, batch: int, steps: int):
     """`run` on an in-memory synthetic set of its own geometry, `steps` batches per epoch."""
-    import dataclasses
     num_classes, channels = dataset_geometry(run.data)
     data = dataclasses.replace(run.data, dataset="synthetic", synthetic_classes=num_classes,
                                synthetic_channels=channels, synthetic_size=run.data.img_size,

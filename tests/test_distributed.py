@@ -66,18 +66,21 @@ def test_ddp_gradients_match_a_single_process_on_the_global_batch(tmp_path, name
     assert not any(k.startswith("teacher.") for k in single)
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_smoke_run(tmp_path):
-    out = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(run_args):
+    """`kdbench run RUN_ARGS` as two torchrun processes on a free local port, one thread each."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}",
-                           "-m", "kdbench", "run", "--distiller", "kd,pat", "--pairs",
-                           "kdbench_vit_s_xs:kdbench_deit_t_xs", "--preset", "smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "kdbench", "run", *run_args],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_smoke_run(tmp_path):
+    out = tmp_path / "runs"
+    proc = _torchrun(["--distiller", "kd,pat", "--pairs", "kdbench_vit_s_xs:kdbench_deit_t_xs", "--preset", "smoke",
+                      "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("kd", "pat"):
         rec = json.loads((out / "smoke" / "kdbench_vit_s_xs__kdbench_deit_t_xs" / name / "seed0" /
@@ -94,14 +97,8 @@ def test_torchrun_two_processes_detection_run(tmp_path):
     """Detection under DDP: the teacher trained on two ranks, KD on ROI logits and PAT with prompts in
     the teacher's backbone, records with mAP from rank 0."""
     out = tmp_path / "runs"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}",
-                           "-m", "kdbench", "run", "--distiller", "kd,pat", "--pairs",
-                           "swin_tiny_patch4_window7_224:resnet18", "--preset", "det-smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _torchrun(["--distiller", "kd,pat", "--pairs", "swin_tiny_patch4_window7_224:resnet18", "--preset",
+                      "det-smoke", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("kd", "pat"):
         rec = json.loads((out / "det-smoke" / "kdbench_swin_t_xs__kdbench_resnet18_xs" / name / "seed0" /
