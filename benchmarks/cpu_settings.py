@@ -1,6 +1,6 @@
 """CPU thread and allocator settings for the tiny grid (issue 18), measured rather than assumed.
 
-    python -m benchmarks.cpu_settings [--steps 20] [--repeats 2] [--json FILE]
+    python -m benchmarks.cpu_settings [--steps 20] [--repeats 2] [--settings default,tcmalloc] [--json FILE]
 
 Each setting runs `kdbench bench` (tiny preset, KD and PAT on two pairs) in a fresh process with its
 environment; settings alternate over `--repeats` rounds and the median step time per row counts.
@@ -32,19 +32,26 @@ PAIRS = "convnext_tiny:deit_tiny_patch16_224,swin_tiny_patch4_window7_224:resnet
 def run_bench(env_extra: dict, steps: int) -> list:
     cmd = [sys.executable, "-m", "kdbench", "bench", "--preset", "tiny", "--pair", PAIRS, "--distillers", "kd,pat",
            "--steps", str(steps), "--warmup", "3", "--device", "cpu", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env_extra}, check=True)
-    return json.loads(proc.stdout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True,      # only the setting's allocator
+                          env={**os.environ, "KDBENCH_MALLOC": "system", "LD_PRELOAD": "", **env_extra})
+    rows = json.loads(proc.stdout)
+    preload = env_extra.get("LD_PRELOAD", "")
+    expected = next((name for name in ("tcmalloc", "jemalloc") if name in preload), "system")
+    if any(r["malloc"] != expected for r in rows):
+        raise RuntimeError(f"{preload or 'no preload'}: the bench ran under {rows[0]['malloc']}, not {expected}")
+    return rows
 
 
-def measure(steps: int, repeats: int) -> list:
-    usable = {n: e for n, e in SETTINGS.items() if "LD_PRELOAD" not in e or Path(e["LD_PRELOAD"]).exists()}
+def measure(steps: int, repeats: int, names=tuple(SETTINGS)) -> list:
+    chosen = {n: SETTINGS[n] for n in SETTINGS if n in names or n == "default"}
+    usable = {n: e for n, e in chosen.items() if "LD_PRELOAD" not in e or Path(e["LD_PRELOAD"]).exists()}
     times = {n: {} for n in usable}
     for _ in range(repeats):
         for name, env in usable.items():
             for row in run_bench(env, steps):
                 times[name].setdefault((row["pair"], row["distiller"]), []).append(row["step_ms"])
     rows = []
-    for name in SETTINGS:
+    for name in chosen:
         if name not in usable:
             rows.append({"setting": name, "env": SETTINGS[name], "skipped": "library not installed"})
             continue
@@ -70,9 +77,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    rows = measure(args.steps, args.repeats)
+    names = args.settings.split(",")
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown setting {unknown[0]!r}; choose from: {', '.join(SETTINGS)}")
+    rows = measure(args.steps, args.repeats, names)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))

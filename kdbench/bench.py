@@ -10,6 +10,7 @@ from .engine import (autocast_for, build_distiller, build_optimizer, param_group
                      train_step)
 from .errors import UsageError
 from .flops import count_step_flops, matmul_peak_tflops
+from .launch import malloc_in_use
 from .data import DatasetInfo
 from .tasks import task_of
 from .registry import DISTILLERS, load_plugin
@@ -53,7 +54,7 @@ def bench(args) -> List[Dict]:
                "student_params": distiller.num_student_params, "extra_params": distiller.num_extra_params,
                "batch_size": args.batch_size or run.recipe.batch_size, "steps": args.steps,
                "img_per_s": None, "step_ms": None, "peak_mem_mb": None, "ratio_to_kd": None, "compile": run.compile,
-               "precision": run.precision, "train_flops_per_img": None, "achieved_tflops": None,
+               "precision": run.precision, "malloc": malloc_in_use(), "train_flops_per_img": None, "achieved_tflops": None,
                "peak_tflops": None, "peak_fraction": None}
         if timed:
             if run.precision not in peaks:

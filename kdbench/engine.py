@@ -3,7 +3,6 @@
 import copy
 import math
 import os
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from .context import LOCAL, RunContext
 from .curves import CurveLog, curve_every, merged_metrics
+from .memory import peak_memory_mb, reset_peak_memory
 from .config import RecipeConfig, RunConfig
 from .data import DatasetInfo
 from .errors import UsageError
@@ -130,31 +130,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UsageError(f"unknown device '{name}'; valid choices: auto, cpu, cuda")
     return torch.device(name)
-
-
-def reset_peak_memory(device: torch.device):
-    """Start a new peak-memory measurement (per run, per benchmark row): CUDA's allocator peak, or on
-    Linux CPUs the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:          # not Linux: the peak stays the process's since its start
-        pass
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since the last `reset_peak_memory`: CUDA allocated bytes, or the CPU process's RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size: int,

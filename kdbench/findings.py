@@ -3,11 +3,14 @@ table so that they cannot drift from the data.
 
 Each finding is one Markdown bullet computed from a `Table`: who ranks best (overall and per
 student group) and which ranks differ significantly; which distillers beat the reference over
-pairs (Wilcoxon-Holm); feature-level against logit-level methods (each distiller's `level`); how often each distiller beats vanilla and its median gain; every cell
+pairs (Wilcoxon-Holm); feature-level against logit-level methods (each distiller's `level`); whether
+methods come in the order of the paper's table for the same pairs; how often each distiller beats vanilla and its median gain; every cell
 below vanilla, largest drop first; per-pair tests that survive Holm. Numbers are printed at the
 tables' precision.
 """
 
+from collections import Counter
+from itertools import combinations
 from typing import List
 
 from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, GroupStats, Table, method_display
@@ -99,6 +102,39 @@ def _levels(table: Table) -> List[str]:
             f"(median difference {median:+.2f}); every feature-level method is above every logit-level one on {every}."]
 
 
+def _paper_order(table: Table) -> List[str]:
+    """Methods in the paper's order? Per pair, the distillers with a published number (the same pair at
+    paper scale, for a miniature): method pairs ordered alike vs reversed (Goodman-Kruskal gamma:
+    ties on either side left out), whether the paper's best of them is best here, and how many of the
+    numbers compared are recalled (R) rather than read from the source."""
+    agree = reverse = best_here = recalled = used = 0
+    paper_best = Counter()
+    rows = 0
+    for row in table.rows:
+        common = [d for d in table.distillers if d in row.paper_values and d in row.cells and row.cells[d].mean is not None]
+        if len(common) < 2:
+            continue
+        ours = {d: rounded(row.cells[d].mean) for d in common}
+        paper = {d: row.paper_values[d][0] for d in common}
+        for a, b in combinations(common, 2):
+            sign = (ours[a] - ours[b]) * (paper[a] - paper[b])
+            agree, reverse = agree + (sign > 0), reverse + (sign < 0)
+        top = max(common, key=lambda d: paper[d])
+        paper_best[top] += 1
+        best_here += ours[top] == max(ours.values())
+        recalled += sum(row.paper_values[d][1] == "R" for d in common)
+        used += len(common)
+        rows += 1
+    if not rows or not agree + reverse:
+        return []
+    firsts = ", ".join(f"{method_display(d)} on {n}" for d, n in paper_best.most_common())
+    provenance = f"; {recalled} of the {used} published numbers compared are recalled (R)" if recalled else ""
+    return [f"Order of methods against the paper's table (published.yaml `{table.order_source}`, the methods it reports "
+            f"on each pair): {agree} of {_count(agree + reverse, 'method pair')} in the paper's order, {reverse} reversed, "
+            f"over {_count(rows, 'pair')} (gamma {(agree - reverse) / (agree + reverse):+.2f}{provenance}); the paper's "
+            f"best ({firsts}) is best here on {best_here} of {rows}."]
+
+
 def _vanilla(table: Table) -> List[str]:
     gains = table.blocks[0].over_baseline if table.blocks else {}
     lines = []
@@ -184,6 +220,6 @@ def render_findings(table: Table) -> str:
     lines += [f"- {x}" for x in _coverage(table)]
     for block in table.blocks:
         lines += [f"- {x}" for x in _ranking(block)]
-    for part in (_control, _over_pairs, _levels, _vanilla, _below_vanilla, _cells, _cost):
+    for part in (_control, _over_pairs, _levels, _paper_order, _vanilla, _below_vanilla, _cells, _cost):
         lines += [f"- {x}" for x in part(table)]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ format a Table. `kdbench.report` is the `kdbench leaderboard` command.
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,9 @@ from .results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record
 FIRST = ("vanilla", "kd")                       # column order: these, then the rest alphabetically
 BASELINE = "vanilla"
 ALPHA = 0.05
-PUBLISHED_SECTION = {"paper": "cifar100", "imagenet": "imagenet"}   # presets that reproduce a paper table
+PUBLISHED_SECTION = {"paper": "cifar100", "imagenet": "imagenet", "coco": "coco_detection"}  # reproduce a paper table
+# ... and the miniatures of one: their numbers are not comparable, their order of methods is (findings)
+ORDER_SECTION = {**PUBLISHED_SECTION, "tiny": "cifar100", "det-tiny": "coco_detection"}
 GROUPS = {"cnn-students": "CNN students", "vit-mlp-students": "ViT-MLP students",
           "imagenet-cnn-students": "CNN students", "imagenet-vit-students": "ViT students",
           "imagenet-mlp-students": "MLP students", "det-cnn-students": "CNN students", "custom": "Other pairs"}
@@ -72,6 +75,7 @@ class Row:
     group: str
     cells: Dict[str, Cell] = field(default_factory=dict)
     teacher_top1: Optional[float] = None
+    paper_values: Dict[str, tuple] = field(default_factory=dict)   # distiller -> (the paper's number, V/R) (ORDER_SECTION)
 
     @property
     def label(self):
@@ -117,6 +121,7 @@ class Table:
         return {d: {"gain": 0.0, "pairs": base} if d == BASELINE else {"gain": over[d].mean, "pairs": over[d].pairs}
                 for d in self.distillers}
     published_protocol: Optional[str] = None
+    order_source: Optional[str] = None        # the published.yaml section its order of methods is compared with
     notes: List[str] = field(default_factory=list)
     metric: str = "top1"                      # the records' headline: top1, or map (detection)
 
@@ -157,7 +162,7 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
     order, by_scaled = _pair_order(preset)
     keep_pair, keep_distiller = _filters(root / preset, preset, seed_dirs, pairs, distillers)
     rows: Dict[tuple, Row] = {}
-    problems, datasets, metrics = [], set(), set()
+    problems, datasets, metrics, allocators = [], set(), set(), Counter()
     for d in (d for d in seed_dirs if d.parts[-4] == preset):
         if finished_only and not has_record_file(d):
             continue
@@ -170,7 +175,7 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
                                            by_scaled.get(student, student),
                                            GROUPS.get(pair[1].set if pair else "custom", GROUPS["custom"]))
         row = rows[(teacher, student)]
-        problem = _add_run(row, row.cells.setdefault(d.parts[-2], Cell(d.parts[-2])), d, datasets, metrics)
+        problem = _add_run(row, row.cells.setdefault(d.parts[-2], Cell(d.parts[-2])), d, datasets, metrics, allocators)
         if problem:
             problems.append({"status": problem[0], "dir": str(d.relative_to(root)), "error": problem[1]})
     rows_sorted = sorted(rows.values(), key=lambda r: (order.get((r.teacher, r.student), (len(order),))[0],
@@ -189,6 +194,10 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
                   rows_sorted, problems, metric=next(iter(metrics), "top1"))
     _compute(table)
     _attach_published(table)
+    if len(allocators) > 1:
+        table.notes.append("Wall times and memory mix memory allocators: " + ", ".join(
+            f"{n} run{'s' if n != 1 else ''} under {name}" for name, n in sorted(allocators.items())) + " (`versions.malloc` of each record, "
+            "system when a record does not name it; tcmalloc's CPU steps are faster, kdbench/launch.py).")
     return table
 
 
@@ -214,7 +223,7 @@ def _filters(where: Path, preset: str, seed_dirs, pairs: Optional[str], distille
 
 
 
-def _add_run(row: Row, cell: Cell, d: Path, datasets: set, metrics: set):
+def _add_run(row: Row, cell: Cell, d: Path, datasets: set, metrics: set, allocators: Counter):
     """Add one seed directory to its cell; returns (status, error) for a run that is not averaged."""
     try:
         rec = read_record(d)
@@ -246,6 +255,7 @@ def _add_run(row: Row, cell: Cell, d: Path, datasets: set, metrics: set):
     cell.hashes.add(_config_without_seed(rec))
     datasets.add(rec.dataset)
     metrics.add(rec.metric)
+    allocators[(rec.versions or {}).get("malloc", "system")] += 1
     if rec.teacher_top1 is not None:
         row.teacher_top1 = float(rec.teacher_top1)
     return None
@@ -326,17 +336,25 @@ def published_data() -> dict:
 
 
 def _attach_published(table: Table):
-    section = PUBLISHED_SECTION.get(table.preset)
+    """The paper's numbers: on every row of a preset in ORDER_SECTION (`Row.paper_values`), and on the
+    cells (with the gap) only where the preset reproduces that table (PUBLISHED_SECTION)."""
+    section = ORDER_SECTION.get(table.preset)
     if section is None:
         return
     data = published_data()[section]
-    table.published_protocol = data.get("protocol")
+    at_scale = table.preset in PUBLISHED_SECTION
+    table.order_source = section
+    table.published_protocol = data.get("protocol") if at_scale else None
     for row in table.rows:
         entry = next((p for p in data["pairs"] if (p["teacher"], p["student"]) ==
                       (row.paper_teacher, row.paper_student)), {})
         for name, cell in row.cells.items():
             if name == BASELINE and row.paper_student in data.get("scratch", {}):
-                cell.published = data["scratch"][row.paper_student]["top1"]
-                cell.published_src = data["scratch"][row.paper_student]["src"]
+                value, src = data["scratch"][row.paper_student]["top1"], data["scratch"][row.paper_student]["src"]
             elif name in entry:
-                cell.published, cell.published_src = entry[name]
+                value, src = entry[name]
+            else:
+                continue
+            row.paper_values[name] = (value, src)
+            if at_scale:
+                cell.published, cell.published_src = value, src

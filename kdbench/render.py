@@ -149,8 +149,8 @@ def _notes(table: Table) -> List[str]:
     elif fr.note:
         notes.append(fr.note + ".")
     if table.published_protocol and _pub_columns(table):
-        notes.append(f"pub.: published top-1 ({table.published_protocol}); V = read from the source, R = recalled (provisional); in "
-                     "parentheses: measured mean - published (measured: final epoch, published: best epoch).")
+        notes.append(f"pub.: published {table.label()} ({table.published_protocol}); V = read from the source, R = recalled (provisional); in "
+                     "parentheses: measured mean - published (measured: final epoch; published: as its protocol says).")
     return notes + table.notes
 
 

@@ -28,6 +28,7 @@ import torch
 
 from . import __version__
 from .errors import UsageError
+from .launch import malloc_in_use
 
 SCHEMA = 1
 RESULT_FILE = "result.json"           # a run directory's record, written when the run ends
@@ -130,7 +131,7 @@ class RunRecord:
     protocol: Optional[str] = None
     config: Optional[dict] = None                 # the resolved RunConfig
     config_hash: Optional[str] = None
-    versions: Optional[dict] = None               # kdbench, source, torch, timm, python, device, world_size
+    versions: Optional[dict] = None               # kdbench, source, torch, timm, python, device, world_size, malloc
     dir: Optional[Path] = field(default=None, compare=False, repr=False, metadata=UNWRITTEN)  # where it was read
 
     FAILED_KEYS = ("schema", "status", "error", "traceback", "distiller", "teacher", "student", "preset",
@@ -356,4 +357,4 @@ def versions(device: torch.device, world_size: int = 1) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"kdbench": __version__, "source": source_revision(), "torch": torch.__version__,
             "timm": timm.__version__, "python": platform.python_version(), "device": f"{device.type}: {name}",
-            "world_size": world_size}
+            "world_size": world_size, "malloc": malloc_in_use()}

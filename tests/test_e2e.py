@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ def test_grid_two_distillers_then_skip_then_config_change(smoke_out, capsys):
     out = smoke_out(PAIRS)                  # the session's teachers: loaded, not trained again
     assert main(["run", "--distiller", "kd,vanilla", "--pairs", PAIRS, "--preset", "smoke",
                  "--seeds", "1", "--out", str(out)]) == 0
-    assert ": training (" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ": training (" not in err
+    # the grid's progress: runs, teachers (loaded from the cache here) and the time left
+    assert re.search(r"kdbench: grid 1/4 runs, \d+s per run, teachers [01]/2 \(\d+s each\), about \d+m left", err)
+    assert re.search(r"kdbench: grid 4/4 runs, \d+s per run, teachers 2/2 \(\d+s each\), about 0m left", err)
     recs = records(out)
     assert len(recs) == 4 and all(r["status"] == "done" for r in recs)
     kd = [r for r in recs if r["distiller"] == "kd"]

@@ -26,6 +26,20 @@ def test_run_flops_restores_the_rng_and_matches_the_cell_count():
     assert flops["train_flops_per_img"] > 2 * flops["eval_flops_per_img"] > 0      # backward ~ 2x forward
 
 
+def test_seeds_of_a_cell_share_one_count(monkeypatch):
+    """A grid's seeds differ only in `seed`, which the count does not see: counted once per process."""
+    import dataclasses
+    from kdbench import flops
+    calls = []
+    monkeypatch.setattr(flops, "_COUNTED", {})
+    monkeypatch.setattr(flops, "_count_run", lambda run, info: calls.append(run.seed) or {"train_flops_per_img": 1.0})
+    run = smoke_run("kd")
+    info = DatasetInfo("synthetic", 10, 3, run.data.img_size, 0, 0, "")
+    assert [run_flops(dataclasses.replace(run, seed=s), info) for s in (0, 1, 2)] == [{"train_flops_per_img": 1.0}] * 3
+    run_flops(smoke_run("vanilla"), info)
+    assert calls == [0, 0]
+
+
 def test_a_record_carries_its_training_flops(tmp_path):
     run = smoke_run("vanilla")
     rec = Trainer(run, run_dir=tmp_path, device=CPU).fit()

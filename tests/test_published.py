@@ -117,3 +117,13 @@ def test_committed_overhead_and_savings_tables_are_generated_from_their_json(pat
     if path.name.startswith("bench-"):                 # issue 18: work and utilisation in every row
         assert all(r["train_flops_per_img"] > 0 and 0 < r["peak_fraction"] < 1 for r in rows)
     assert path.with_suffix(".md").read_text() == render(rows) + "\n"
+
+
+def test_adopted_allocator_won_every_round():
+    """performance/README.md adopts tcmalloc because on every row each of its rounds beat every round
+    of glibc's allocator: the committed JSON must say so."""
+    rows = json.loads((ROOT / "benchmarks" / "results" / "performance" / "cpu-settings-tcmalloc-tiny.json").read_text())
+    default = {(r["pair"], r["distiller"]): r["runs_ms"] for r in rows if r["setting"] == "default"}
+    tcmalloc = [r for r in rows if r["setting"] == "tcmalloc"]
+    assert len(tcmalloc) == len(default) == 4 and all(len(r["runs_ms"]) == 3 for r in tcmalloc)
+    assert all(max(r["runs_ms"]) < min(default[(r["pair"], r["distiller"])]) for r in tcmalloc)

@@ -32,7 +32,8 @@ TOP1 = {
 
 def record(preset, pair, distiller, seed, top1, **kw):
     fields = dict(status="done", distiller=distiller, teacher=pair[0], student=pair[1], preset=preset,
-                  dataset="fashion-mnist", seed=seed, top1=top1, top5=99.0, best_top1=top1 + 0.5, teacher_top1=88.0,
+                  dataset="fashion-mnist", seed=seed, top1=top1, top5=99.0,
+                  best_top1=None if top1 is None else top1 + 0.5, teacher_top1=88.0,
                   epochs=2, wall_s=1.0, extra_params=0, config_hash=f"h-{distiller}")
     return RunRecord(**{**fields, **kw})
 
@@ -371,8 +372,59 @@ def test_findings_are_generated_from_the_table(runs):
             "above every logit-level one on 0.") in text
 
 
+def test_paper_order_finding_counts_method_pairs_by_hand(runs):
+    """tiny is a miniature of the CIFAR-100 table: its cells carry no published number (no gap at another
+    scale), its rows the paper's numbers, and the finding compares orders. By hand, with published.yaml
+    (From scratch = the student's scratch number): Swin-T->R18 paper DKD > FitNet > KD > scratch, here
+    DKD > KD > scratch > FitNet: 4 of 6 method pairs alike; Mixer->DeiT-T paper DKD > KD > FitNet > scratch,
+    here DKD > KD > scratch > FitNet: 5 of 6; ConvNeXt->ResMLP paper DKD > KD > scratch > FitNet, here
+    KD > DKD > FitNet > scratch: 4 of 6, and the paper's best (DKD everywhere) is not best here. Mixer->DeiT-T's
+    KD, DKD and FitNet numbers are recalled (R): 3 of the 12 compared."""
+    t = report.collect(runs)
+    assert t.order_source == "cifar100" and t.published_protocol is None
+    row = next(r for r in t.rows if (r.teacher, r.student) == SWIN_R18)
+    assert row.paper_values == {"vanilla": (74.01, "V"), "kd": (78.74, "V"), "dkd": (80.26, "V"), "fitnet": (78.87, "V")}
+    assert all(c.published is None for r in t.rows for c in r.cells.values())
+    assert ("Order of methods against the paper's table (published.yaml `cifar100`, the methods it reports on each "
+            "pair): 13 of 18 method pairs in the paper's order, 5 reversed, over 3 pairs (gamma +0.44; 3 of the 12 "
+            "published numbers compared are recalled (R)); the paper's best (DKD on 3) is best here on 2 of 3.") in report.render(t, "findings")
+
+
 def test_finished_only_leaves_runs_in_progress_out(runs):
     t = report.collect(runs, finished_only=True)
     assert [p["status"] for p in t.problems] == ["failed"]            # the unfinished seed 3 is not listed
     assert cell(t, MIXER_DEIT, "dkd").unfinished == 0
     assert report.collect(runs).problems[-1]["status"] == "unfinished"
+
+
+@pytest.mark.parametrize("preset, pair, at_scale", [
+    ("coco", ("swin_tiny_patch4_window7_224", "resnet18"), True),
+    ("det-tiny", ("kdbench_swin_t_s", "kdbench_resnet18_s"), False)])
+def test_detection_tables_meet_the_papers_map(tmp_path, preset, pair, at_scale):
+    """coco reproduces PAT's detection table: its cells carry the published mAP and the gap; det-tiny, its
+    miniature, only compares the order (paper: PAT 35.62 > FitNet 35.23 > KD 34.07 > OFA 33.37; here
+    FitNet > KD > PAT > OFA: 4 of 6 method pairs alike, PAT's two pairs reversed)."""
+    means = {"kd": 30.0, "ofa": 29.0, "fitnet": 31.0, "pat": 29.5}
+    for d, m in means.items():
+        for seed, x in enumerate((m - 0.5, m + 0.5)):
+            rec = record(preset, pair, d, seed, None, top5=None, task="detection", metric="map", metrics={"map": x})
+            write(tmp_path, preset, pair, d, seed, rec)
+    t = report.collect(tmp_path)
+    kd = cell(t, pair, "kd")
+    assert t.metric == "map" and t.order_source == "coco_detection"
+    assert (kd.published, kd.gap) == ((34.07, pytest.approx(30.0 - 34.07)) if at_scale else (None, None))
+    md = report.render(t, "md")
+    assert ("pub.: published mAP (COCO 2017" in md) == at_scale
+    assert ("Order of methods against the paper's table (published.yaml `coco_detection`, the methods it reports on "
+            "each pair): 4 of 6 method pairs in the paper's order, 2 reversed, over 1 pair (gamma +0.33); the paper's "
+            "best (PAT on 1) is best here on 0 of 1.") in report.render(t, "findings")
+
+
+def test_a_table_that_mixes_allocators_says_so(runs):
+    """Wall times under tcmalloc and glibc are not comparable: the table notes the mix (records without
+    `versions.malloc` predate it and count as system)."""
+    assert not any("allocators" in n for n in report.collect(runs).notes)
+    write(runs, "tiny", SWIN_R18, "vanilla", 3, record("tiny", SWIN_R18, "vanilla", 3, 71.0,
+                                                       versions={"malloc": "tcmalloc"}))
+    assert ("Wall times and memory mix memory allocators: 38 runs under system, 1 run under tcmalloc"
+            in report.render(report.collect(runs), "md"))

@@ -15,6 +15,7 @@ from ..locks import RunLock
 from ..registry import DISTILLERS
 from ..results import RESULT_FILE, RunRecord, read_record, source_revision, write_record
 from .plan import Plan
+from .progress import GridClock
 
 
 class TeacherUnavailable(RuntimeError):
@@ -29,6 +30,7 @@ class LocalExecutor:
     def __init__(self, context: RunContext = LOCAL):
         self.context = context
         self.log = context.log
+        self._clock = GridClock(0, 0)
 
     def run(self, plan: Plan) -> int:
         """The grid's exit status: 0, 1 if a cell failed, 128+signal if stopped."""
@@ -42,7 +44,9 @@ class LocalExecutor:
         # another process is training right now waits its turn behind the other teachers' cells.
         order = {t: i for i, t in enumerate(plan.teachers)}
         queue = deque(sorted((plan.runs[i] for i in todo), key=lambda r: order.get(r.teacher, len(order))))
-        total, done, failed, busy, deferred, t0 = len(queue), 0, 0, 0, 0, time.perf_counter()
+        needs_teacher = {r.teacher for r in queue if DISTILLERS.get(r.distiller, r.task).requires_teacher}
+        self._clock = clock = GridClock(len(queue), len(needs_teacher))
+        total, done, failed, busy, deferred = len(queue), 0, 0, 0, 0
         self._teacher: Tuple[Optional[str], object, Optional[dict], Optional[str]] = (None, None, None, None)
         with StopOnSignal(self.log) as stop:
             while queue:
@@ -61,9 +65,13 @@ class LocalExecutor:
                     return 128 + (stop.signum or signal.SIGTERM)
                 busy += outcome == "busy"
                 failed += outcome == "failed"
-                if total > 1 and outcome in ("done", "failed"):
-                    self.log(_progress(done - busy, total - busy, time.perf_counter() - t0))
-        self.log(f"kdbench: finished {total - busy} runs in {time.perf_counter() - t0:.0f}s, {failed} failed"
+                if outcome in ("done", "failed"):
+                    clock.finished()
+                    if total > 1:
+                        self.log(clock.line())
+                else:                                  # busy, or finished by another process meanwhile
+                    clock.skipped()
+        self.log(f"kdbench: finished {total - busy} runs in {clock.now() - clock.t0:.0f}s, {failed} failed"
                  + (f", {busy} left to other processes" if busy else "")
                  + f"; records under {plan.out / plan.preset.name}")
         return 1 if failed else 0
@@ -147,9 +155,11 @@ class LocalExecutor:
         name, teacher, manifest, error = self._teacher
         if name != run.teacher:
             teacher, manifest, error = None, None, None
+            start = time.perf_counter()
             try:
                 teacher, manifest = get_teacher(plan.preset, run.teacher, plan.data, plan.teacher_cfg, out=plan.out,
                                                 device=plan.device, context=self.context, should_stop=stop)
+                self._clock.teacher_prepared(time.perf_counter() - start)
             except (UsageError, Interrupted):
                 raise
             except Exception as exc:  # noqa: BLE001 - its cells record the failure
@@ -158,16 +168,6 @@ class LocalExecutor:
         if error is not None:
             raise TeacherUnavailable(error)
         return teacher, manifest
-
-
-def _progress(done: int, total: int, elapsed: float) -> str:
-    left = (total - done) * elapsed / max(done, 1)
-    return f"kdbench: grid {done}/{total} runs, {elapsed / max(done, 1):.0f}s per run, about {_duration(left)} left"
-
-
-def _duration(seconds: float) -> str:
-    minutes = int(round(seconds / 60))
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
 def _clear_run_dir(rdir: Path):
