@@ -269,6 +269,7 @@ class Trainer:
         sums: Dict[str, torch.Tensor] = partial.get("sums", {})
         bad_step = partial.get("bad_step", torch.full((), -1, device=self.device, dtype=torch.long))
         done, n = partial.get("batches", 0), partial.get("images", 0)
+        n_before = n                     # images of this epoch trained before a resume: not timed here
         start = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"{self.label} epoch {self.epoch + 1}",
                    leave=False, disable=None, file=sys.stderr,    # shown on a terminal only
@@ -315,7 +316,7 @@ class Trainer:
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             raise NonFiniteLoss(f"non-finite loss at step {bad_step.item()} (epoch {self.epoch + 1}); "
                                 f"non-finite terms over the epoch: {', '.join(bad) or 'total'}")
-        return losses, lr, n / max(time.perf_counter() - start, 1e-9)
+        return losses, lr, (n - n_before * self.dist.world_size) / max(time.perf_counter() - start, 1e-9)
 
     def _stop_agreed(self, batches_done: Optional[int] = None) -> bool:
         """A stop request, agreed by every rank. One process checks at every call (it is free). Under

@@ -15,7 +15,7 @@ import torch
 from distillers.base import Distiller, DistillOutput, TaskConfig
 from kdbench.context import RunContext, SILENT
 from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
-from kdbench.engine import NonFiniteLoss, Trainer, lr_at, make_criterion, param_groups
+from kdbench.engine import Interrupted, NonFiniteLoss, Trainer, lr_at, make_criterion, param_groups
 from kdbench.models import create_feature_model
 from kdbench.registry import register_distiller
 
@@ -92,6 +92,21 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     sa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["distiller"]
     sb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["distiller"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_resumed_epoch_reports_the_speed_of_the_batches_it_trained(tmp_path):
+    """Stopped one batch before the end of epoch 1 and resumed: that epoch's img/s counts the one batch
+    trained after the resume, not the seven before it (which would read about 8x too fast)."""
+    run = smoke_run()
+    Trainer(run, tmp_path / "a", device=CPU, context=SILENT).fit()
+    t = Trainer(run, tmp_path / "b", device=CPU, context=SILENT,
+                should_stop=lambda: t.step >= t.steps_per_epoch - 1)
+    with pytest.raises(Interrupted):
+        t.fit()
+    Trainer(run, tmp_path / "b", device=CPU, context=SILENT).fit()
+    speed = {d: [json.loads(x)["img_per_s"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(x)["kind"] == "epoch"] for d in "ab"}
+    assert t.steps_per_epoch == 8 and speed["b"][0] < 3 * speed["a"][0]
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path):

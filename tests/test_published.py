@@ -107,11 +107,12 @@ GENERATED_TABLES = sorted((ROOT / "benchmarks" / "results" / "performance").glob
 @pytest.mark.parametrize("path", GENERATED_TABLES, ids=[p.stem for p in GENERATED_TABLES])
 def test_committed_overhead_and_savings_tables_are_generated_from_their_json(path):
     """Issue 18: the bench, harness-overhead, PAT-savings and CPU-settings tables are their JSON rows, rendered."""
-    from benchmarks import cpu_settings, pat_savings
+    from benchmarks import cpu_settings, pat_flops, pat_savings
     from kdbench.bench_overhead import format_overhead
     rows = json.loads(path.read_text())
     from kdbench.bench import format_rows
     renderers = {"overhead-": format_overhead, "pat-savings-": pat_savings.table, "cpu-settings-": cpu_settings.table,
+                 "pat-flops-": pat_flops.table,
                  "bench-": lambda r: "```\n" + format_rows(r) + "\n```"}
     render = next(f for prefix, f in renderers.items() if path.name.startswith(prefix))
     if path.name.startswith("bench-"):                 # issue 18: work and utilisation in every row
@@ -127,3 +128,18 @@ def test_adopted_allocator_won_every_round():
     tcmalloc = [r for r in rows if r["setting"] == "tcmalloc"]
     assert len(tcmalloc) == len(default) == 4 and all(len(r["runs_ms"]) == 3 for r in tcmalloc)
     assert all(max(r["runs_ms"]) < min(default[(r["pair"], r["distiller"])]) for r in tcmalloc)
+
+
+def test_pat_over_kd_is_bounded_by_its_work():
+    """performance/README.md, "PAT / KD at tiny scale": the FLOP counts match the bench rows', and on
+    ConvNeXt-T -> DeiT-T PAT does > 2x KD's work at no lower utilisation, its fusion blocks more than the
+    share that 2.0x would need cut."""
+    perf = ROOT / "benchmarks" / "results" / "performance"
+    rows = {r["pair"]: r for r in json.loads((perf / "pat-flops-tiny-cpu.json").read_text())}
+    bench = {(r["pair"], r["distiller"]): r["train_flops_per_img"] for r in json.loads((perf / "bench-tiny-cpu.json").read_text())}
+    for pair, r in rows.items():
+        assert r["kd_gflop"] == pytest.approx(bench[(pair, "kd")] / 1e9, rel=1e-6)
+        assert r["pat_gflop"] == pytest.approx(bench[(pair, "pat")] / 1e9, rel=1e-6)
+    r = rows["kdbench_convnext_t_s:kdbench_deit_t_s"]
+    assert r["flop_ratio"] > 2 and r["time_ratio"] > 2 and r["utilisation_pat"] >= r["utilisation_kd"]
+    assert (r["pat_gflop"] - r["prompts_gflop"]) / r["pat_gflop"] > 1 - 2 / r["time_ratio"]

@@ -81,7 +81,7 @@ def test_done_record_built_by_the_engine_has_todays_keys():
     assert (d["top1"], d["top5"], d["best_top1"], d["best_epoch"]) == (35.0, 91.0, 40.0, 2)
     assert (d["wall_s"], d["train_img_per_s"], d["peak_mem_mb"]) == (1.23, 999.9, 12.3)
     assert d["per_rank_batch_size"] == run.recipe.batch_size // 2 and d["config_hash"] == run.hash()
-    assert set(d["versions"]) == {"kdbench", "source", "torch", "timm", "python", "device", "world_size"}
+    assert set(d["versions"]) == {"kdbench", "source", "torch", "timm", "python", "device", "world_size", "malloc"}
 
 
 def test_failed_record_has_todays_keys_and_the_traceback(tmp_path):
