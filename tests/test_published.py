@@ -143,3 +143,25 @@ def test_pat_over_kd_is_bounded_by_its_work():
     r = rows["kdbench_convnext_t_s:kdbench_deit_t_s"]
     assert r["flop_ratio"] > 2 and r["time_ratio"] > 2 and r["utilisation_pat"] >= r["utilisation_kd"]
     assert (r["pat_gflop"] - r["prompts_gflop"]) / r["pat_gflop"] > 1 - 2 / r["time_ratio"]
+
+
+def test_det_tiny_readme_verdict_holds_on_its_records(monkeypatch):
+    """benchmarks/results/det-tiny/README.md, "What it says about the paper's claim", statement by statement."""
+    monkeypatch.chdir(ROOT)
+    where = ROOT / "benchmarks" / "results" / "det-tiny"
+    t = collect(str((where / "runs").relative_to(ROOT)), finished_only=True)
+    assert len(t.rows) == 2 and all(r.cells[d].summary.n == 3 for r in t.rows for d in t.distillers)
+    for row in t.rows:
+        mean = {d: c.mean for d, c in row.cells.items()}
+        assert max(mean["fitnet"], mean["pat"]) > max(mean["kd"], mean["ofa"])       # the direction holds
+        fitnet = row.cells["fitnet"].comparison
+        assert fitnet.diff > 0 and fitnet.p_holm < 0.05                              # FitNet > KD, Holm
+        assert row.paper_values["pat"][0] == max(v for v, _ in row.paper_values.values())
+        assert mean["pat"] < mean["fitnet"]                                           # PAT below FitNet
+    from scipy.stats import wilcoxon
+    assert wilcoxon([1.0, 2.0]).pvalue == pytest.approx(0.5)        # two pairs: no test over pairs can reach 0.05
+    records = [json.loads(p.read_text()) for p in (where / "runs").rglob("result.json") if "teachers" not in p.parts]
+    assert {(r["epochs"], r["num_train"], r["num_test"]) for r in records} == {(4, 1200, 300)}
+    tcmalloc = [(r["student"], r["distiller"], r["seed"]) for r in records
+                if (r.get("versions") or {}).get("malloc", "system") != "system"]
+    assert tcmalloc == [("kdbench_resnet18_s", "pat", 0)]
