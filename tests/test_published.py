@@ -153,9 +153,9 @@ def test_det_tiny_readme_verdict_holds_on_its_records(monkeypatch):
     assert len(t.rows) == 2 and all(r.cells[d].summary.n == 3 for r in t.rows for d in t.distillers)
     for row in t.rows:
         mean = {d: c.mean for d, c in row.cells.items()}
-        assert max(mean["fitnet"], mean["pat"]) > max(mean["kd"], mean["ofa"])       # the direction holds
+        assert min(mean["fitnet"], mean["pat"]) > max(mean["kd"], mean["ofa"])       # the direction holds
         fitnet = row.cells["fitnet"].comparison
-        assert fitnet.diff > 0 and fitnet.p_holm < 0.05                              # FitNet > KD, Holm
+        assert fitnet.diff > 0 and (fitnet.p_holm < 0.05) == (row.student == "kdbench_resnet18_s")   # Holm
         assert row.paper_values["pat"][0] == max(v for v, _ in row.paper_values.values())
         assert mean["pat"] < mean["fitnet"]                                           # PAT below FitNet
     from scipy.stats import wilcoxon
