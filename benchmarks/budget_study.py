@@ -3,9 +3,11 @@
 Two tiny pairs (ConvNeXt-T -> DeiT-T, Swin-T -> ResNet18) x vanilla, kd, ofa, pat (corrected) and
 pat-faithful (the official code's behaviour) x training budgets 1, 4, 16 (`recipe.budget`: epochs and
 warm-ups scaled, the same 8k-image subset) x 2 seeds. One kdbench output folder per budget
-(`runs/b1`, `runs/b4`, `runs/b16`), each sharing the tiny leaderboard's teachers.
+(`runs/b1`, `runs/b4`, `runs/b16`), all sharing one teacher cache (`runs/teachers`: the tiny
+preset's teachers, trained once by the study, since the tiny leaderboard commits their manifests but
+not their weights). `run` goes on under tcmalloc where `kdbench run` would (kdbench/launch.py).
 
-    python -m benchmarks.budget_study run [--budgets 1,4,16]   # resumable: SIGTERM saves a checkpoint
+    python -m benchmarks.budget_study run [--budgets 1,4,16] [--no-mixer]   # resumable (SIGTERM)
     python -m benchmarks.budget_study report                   # table, CSV, plot, README block
 
 `report` reads only finished records, so it can be run while the study is under way; every number
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent / "results" / "budget"
-TINY_TEACHERS = Path(__file__).resolve().parent / "results" / "tiny" / "runs" / "teachers"
+TINY_RUNS = Path(__file__).resolve().parent / "results" / "tiny" / "runs"     # the tiny leaderboard's records
 PAIRS = ("convnext_tiny:deit_tiny_patch16_224", "swin_tiny_patch4_window7_224:resnet18")
 METHODS = ("vanilla", "kd", "ofa", "pat", "pat-faithful")
 BUDGETS = (1, 4, 16)
@@ -31,42 +33,73 @@ SEEDS = 2
 README_BLOCK = "budget.md"
 
 
+MIXER_PAIRS = ("mixer_b16_224:deit_tiny_patch16_224", "mixer_b16_224:resnet18")
+MIXER_METHODS = ("vanilla", "fitnet", "fitnet+norm")
+MIXER_GRID = "mixer-b1"
+
+
 def budget_dir(root: Path, budget) -> Path:
     return root / "runs" / f"b{budget:g}"
 
 
-def run(root: Path = ROOT, budgets=BUDGETS) -> int:
-    """Run (or resume) the study's grids, one per budget; teachers are the tiny leaderboard's."""
+def _grid(root: Path, out: Path, pairs, methods, budget) -> int:
+    """One tiny grid under `out`, its teachers from the study's shared cache."""
     from kdbench.cli import main
-    for b in budgets:
-        out = budget_dir(root, b)
-        out.mkdir(parents=True, exist_ok=True)
-        link = out / "teachers"
-        if not link.exists():
-            TINY_TEACHERS.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(TINY_TEACHERS, out))
-        code = main(["run", "--preset", "tiny", "--pairs", ",".join(PAIRS), "--distiller", ",".join(METHODS),
-                     "--seeds", str(SEEDS), "--set", f"recipe.budget={b:g}", "--out", str(out)])
+    teachers = root / "runs" / "teachers"
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "teachers"
+    if not link.exists():
+        teachers.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(teachers, out))
+    return main(["run", "--preset", "tiny", "--pairs", ",".join(pairs), "--distiller", ",".join(methods),
+                 "--seeds", str(SEEDS), "--set", f"recipe.budget={budget:g}", "--out", str(out)])
+
+
+def run(root: Path = ROOT, budgets=BUDGETS, mixer: bool = True) -> int:
+    """Run (or resume) the study: the Mixer-teacher grid (FitNet's raw vs standardised target at 1x,
+    a few minutes), then one grid per budget, all on one shared teacher cache."""
+    grids = [(root / "runs" / MIXER_GRID, MIXER_PAIRS, MIXER_METHODS, 1)] if mixer else []
+    grids += [(budget_dir(root, b), PAIRS, METHODS, b) for b in budgets]
+    for out, pairs, methods, budget in grids:
+        code = _grid(root, out, pairs, methods, budget)
         if code:
             return code
     return 0
 
 
-def rows(root: Path = ROOT, budgets=BUDGETS) -> List[Dict]:
-    """One row per finished run: pair (paper names), method, budget, seed, final-epoch top-1."""
+def _rows(folder: Path, budget) -> List[Dict]:
     from kdbench.leaderboard import collect, method_display
-    out = []
-    for b in budgets:
-        folder = budget_dir(root, b)
-        if not (folder / "tiny").is_dir():
-            continue
-        table = collect(folder, "tiny", finished_only=True)
-        for row in table.rows:
-            for name, cell in row.cells.items():
-                for seed in sorted(cell.values):
-                    out.append({"pair": row.display, "method": name, "method_display": method_display(name),
-                                "budget": b, "seed": seed, "top1": cell.values[seed]})
-    return out
+    from kdbench.results import read_metrics
+    if not (folder / "tiny").is_dir():
+        return []
+    table = collect(folder, "tiny", finished_only=True)
+    return [{"pair": row.display, "method": name, "method_display": method_display(name), "budget": budget,
+             "seed": seed, "top1": cell.values[seed],
+             "first_epoch_loss": next((r["loss"] for r in read_metrics(cell.dirs[seed]) if r.get("kind") == "epoch"), {})}
+            for row in table.rows for name, cell in row.cells.items() for seed in sorted(cell.values)]
+
+
+def rows(root: Path = ROOT, budgets=BUDGETS) -> List[Dict]:
+    """One row per finished run of the budget grids: pair (paper names), method, budget, seed,
+    final-epoch top-1."""
+    return [r for b in budgets for r in _rows(budget_dir(root, b), b)]
+
+
+def mixer_rows(root: Path = ROOT) -> List[Dict]:
+    """The same rows for the Mixer-teacher grid."""
+    return _rows(root / "runs" / MIXER_GRID, 1)
+
+
+def leaderboard_fitnet_rows(runs: Path = TINY_RUNS) -> List[Dict]:
+    """The same rows for the tiny leaderboard's FitNet runs (all 12 pairs)."""
+    return [r for r in _rows(runs, 1) if r["method"] == "fitnet"]
+
+
+def _feature_ratio(rows: List[Dict]):
+    """Mean over `rows` of FitNet's feature term over the cross-entropy in the first epoch, or None."""
+    ratios = [r["first_epoch_loss"]["fitnet"] / r["first_epoch_loss"]["gt"] for r in rows
+              if "fitnet" in r.get("first_epoch_loss", {})]
+    return _mean(ratios)
 
 
 def _mean(values):
@@ -97,6 +130,9 @@ def table_md(data: List[Dict]) -> str:
         lines.append("")
     if not lines:
         return "No finished runs yet.\n"
+    expected = len(PAIRS) * len(METHODS) * SEEDS
+    lines.append("Finished runs: " + ", ".join(
+        f"{b:g}×: {sum(r['budget'] == b for r in data)} of {expected}" for b in BUDGETS) + ".\n")
     found = findings(data)
     return "\n".join(lines) + ("\nFindings (generated from the records; a gap is a difference of seed means, "
                                "points):\n\n" + found if found else "")
@@ -135,6 +171,52 @@ def findings(data: List[Dict]) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
+COLLAPSE = 5.0     # points below From scratch that the tiny findings call a collapse
+
+
+def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
+    """Markdown for the Mixer-teacher grid: per pair, each method's top-1, its gap to From scratch and
+    (FitNet) how large its feature term was against the cross-entropy in the first epoch, then whether FitNet's standardised target avoids the collapse of the raw one (generated)."""
+    if not data:
+        return "No finished runs yet.\n"
+    lines = ["| pair | method | top-1 (mean ± std (n)) | − From scratch | feature term / CE, epoch 1 |",
+             "|---|---|---|---|---|"]
+    verdicts = []
+    for pair in dict.fromkeys(r["pair"] for r in data):
+        mean, names = {}, {}
+        for m in [m for m in MIXER_METHODS if any(r["pair"] == pair and r["method"] == m for r in data)]:
+            v = [r["top1"] for r in data if r["pair"] == pair and r["method"] == m]
+            mean[m] = _mean(v)
+            names[m] = next(r["method_display"] for r in data if r["method"] == m)
+            sd = f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""
+            gap = f"{mean[m] - mean['vanilla']:+.2f}" if "vanilla" in mean and m != "vanilla" else "—"
+            ratio = _feature_ratio([r for r in data if r["pair"] == pair and r["method"] == m])
+            ratio = "—" if ratio is None else f"{ratio:.1f}"
+            lines.append(f"| {pair} | {names[m]} | {mean[m]:.2f}{sd} ({len(v)}) | {gap} | {ratio} |")
+        if {"vanilla", "fitnet", "fitnet+norm"} <= set(mean):
+            raw, norm = mean["fitnet"] - mean["vanilla"], mean["fitnet+norm"] - mean["vanilla"]
+            if raw > -COLLAPSE:
+                verdict = (f"the raw target does not collapse here (by ≥ {COLLAPSE:g} points); the standardised "
+                           f"one scores {norm - raw:+.2f} points against it")
+            elif norm > -COLLAPSE:
+                verdict = "the standardised target removes the collapse"
+            elif norm > raw:
+                verdict = f"the standardised target narrows the collapse by {norm - raw:.2f} points"
+            else:
+                verdict = "the standardised target does not narrow the collapse"
+            verdicts.append(f"- {pair}: FitNet − From scratch {raw:+.2f}, FitNet (norm. target) − From scratch "
+                            f"{norm:+.2f}: {verdict}.")
+    by_pair = {p: _feature_ratio([r for r in leaderboard if r["pair"] == p]) for p in dict.fromkeys(r["pair"] for r in leaderboard)}
+    mixer = [v for p, v in by_pair.items() if v is not None and p.startswith("Mixer")]
+    other = [v for p, v in by_pair.items() if v is not None and not p.startswith("Mixer")]
+    if mixer and other:
+        verdicts.append(f"- The tiny leaderboard's FitNet runs (benchmarks/results/tiny/runs), feature term / CE in the "
+                        f"first epoch, seed means: {min(mixer):.1f} to {max(mixer):.1f} on the {len(mixer)} Mixer-B/16 "
+                        f"pairs, {min(other):.1f} to {max(other):.1f} on the {len(other)} pairs of the other teachers.")
+    return "\n".join(lines) + "\n" + ("\nFindings (generated from the records; gaps are differences of seed "
+                                     "means, points):\n\n" + "\n".join(verdicts) + "\n" if verdicts else "")
+
+
 def table_csv(data: List[Dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, ["pair", "method", "budget", "seed", "top1"], lineterminator="\n",
@@ -171,12 +253,14 @@ def plot(data: List[Dict], path: Path) -> None:
 
 
 def report(root: Path = ROOT) -> List[Path]:
-    """Write budget.md, budget.csv, budget.png and refresh the README's generated block."""
+    """Write budget.md, mixer.md, budget.csv (both grids' runs), budget.png and refresh the README's
+    generated blocks."""
     from kdbench.publish import README_BLOCK as BLOCK
     from kdbench.results import atomic_write_bytes
-    data = rows(root)
+    data, mixer = rows(root), mixer_rows(root)
     written = []
-    for name, text in (("budget.md", table_md(data)), ("budget.csv", table_csv(data))):
+    for name, text in (("budget.md", table_md(data)), ("budget.csv", table_csv(data + mixer)),
+                       ("mixer.md", mixer_md(mixer, leaderboard_fitnet_rows()))):
         atomic_write_bytes(root / name, text.encode())
         written.append(root / name)
     if data:
@@ -192,14 +276,25 @@ def report(root: Path = ROOT) -> List[Path]:
     return written
 
 
+def _under_tcmalloc() -> None:
+    """Re-execute this process under tcmalloc where `kdbench run` would be (same interpreter, same
+    arguments), so the study's runs use the allocator a user's runs use."""
+    from kdbench.launch import preload_env
+    env = preload_env(["run"], os.environ) if sys.platform == "linux" and sys.executable else None
+    if env is not None:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.budget_study", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument("--no-mixer", action="store_true", help="run: skip the Mixer-teacher grid")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.root, tuple(float(b) for b in args.budgets.split(",")))
+        _under_tcmalloc()
+        return run(args.root, tuple(float(b) for b in args.budgets.split(",")), mixer=not args.no_mixer)
     for path in report(args.root):
         print(path)
     return 0

@@ -10,7 +10,7 @@ from torch import nn
 
 from kdbench.models import StageSpec
 from kdbench.registry import register_distiller
-from kdbench.validators import positive
+from kdbench.validators import opt_in, positive
 
 from .adapters import StageAligner, to_map
 from .base import Distiller, DistillOutput, TaskConfig, check_stages
@@ -26,6 +26,9 @@ class FitNetConfig(TaskConfig):
     kd_weight: float = 0.0
     temperature: float = 1.0
     stages: Tuple[int, ...] = (1, 2, 3, 4)
+    # standardise each position of the teacher's feature over its channels (zero mean, unit variance,
+    # no affine) before the MSE, so the target's scale no longer depends on the teacher's family
+    target_norm: bool = opt_in(False)
 
     def __post_init__(self):
         check_stages(self.stages)
@@ -53,12 +56,39 @@ class FitNet(Distiller):
         logits, feats = self.student(images)
         t_logits, t_feats = self.teacher_features(images)
         t_specs = self.teacher.stage_specs
-        feat = sum(F.mse_loss(self.aligners[str(i)](feats[i - 1]).float(), to_map(t_feats[i - 1], t_specs[i - 1]).float())
+        feat = sum(F.mse_loss(self.aligners[str(i)](feats[i - 1]).float(), self.stage_target(t_feats[i - 1], t_specs[i - 1]))
                    for i in self.cfg.stages)
         losses = {"gt": self.gt_loss(logits, labels), "fitnet": self.cfg.feat_weight * feat}
         if self.cfg.kd_weight:
             losses["kd"] = self.cfg.kd_weight * kd_loss(logits, t_logits, self.cfg.temperature)
         return DistillOutput(logits, losses)
+
+    def stage_target(self, feat, spec: StageSpec):
+        """The teacher's stage feature as the NCHW map the aligned student feature is compared with."""
+        t = to_map(feat, spec).float()
+        return standardise_channels(t) if self.cfg.target_norm else t
+
+
+def standardise_channels(x, eps: float = 1e-6):
+    """(B, C, H, W) standardised over C at every position (a layer norm without affine)."""
+    return F.layer_norm(x.movedim(1, -1), x.shape[1:2], eps=eps).movedim(-1, 1)
+
+
+@dataclass
+class FitNetNormConfig(FitNetConfig):
+    """FitNetConfig with the standardised teacher target (`target_norm`)."""
+
+    target_norm: bool = True
+
+
+@register_distiller("fitnet+norm")
+class FitNetNorm(FitNet):
+    """`fitnet --set distiller.target_norm=true` as its own leaderboard column: the same aligners and
+    MSE against a per-position standardised teacher feature (the budget study's test of whether
+    feature losses stop collapsing on the Mixer teacher when the target's scale is normalised)."""
+
+    display_name = "FitNet (norm. target)"
+    Config = FitNetNormConfig
 
 
 def official_init(aligner: StageAligner, teacher: StageSpec):

@@ -16,6 +16,11 @@ from .tasks import task_of
 from .registry import DISTILLERS, load_plugin
 
 
+def _sig(x: float) -> float:
+    """x to 6 significant digits: a slow small model's TFLOP/s (1e-5) keeps its precision."""
+    return float(f"{x:.6g}")
+
+
 def bench(args) -> List[Dict]:
     """One row per (pair, distiller). `steps=0` counts parameters only (nothing is trained)."""
     from .executors import Plan
@@ -65,8 +70,8 @@ def bench(args) -> List[Dict]:
             row.update(_time_steps(distiller, forward, run, row["batch_size"], info, args.steps, args.warmup,
                                    device))
             achieved = flops * row["img_per_s"] / 1e12
-            row.update(train_flops_per_img=flops, achieved_tflops=round(achieved, 6),
-                       peak_tflops=round(peaks[run.precision], 6), peak_fraction=round(achieved / peaks[run.precision], 6))
+            row.update(train_flops_per_img=flops, achieved_tflops=_sig(achieved), peak_tflops=_sig(peaks[run.precision]),
+                       peak_fraction=_sig(achieved / peaks[run.precision]))
         rows.append(row)
         del distiller
     for row in rows:

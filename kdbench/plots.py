@@ -98,6 +98,8 @@ def plot_diffs(table: Table, path) -> None:
     """Per pair, each distiller's seed-paired difference to the reference with its 95% t-interval."""
     if not table.reference:
         raise UsageError("cannot draw differences to a reference: no reference distiller (kd not run, no --reference)")
+    if all(d == table.reference for d in table.distillers):
+        raise UsageError(f"cannot draw differences to {table.reference}: no other distiller ran")
 
     def diff(cell, ref):
         c = cell.comparison

@@ -1,8 +1,6 @@
 """The budget study's report (benchmarks/budget_study.py): tables, CSV and findings computed by hand on
 made-up rows, and the committed report regenerated from the committed records."""
 
-from pathlib import Path
-
 import pytest
 
 from benchmarks import budget_study as bs
@@ -27,14 +25,53 @@ def test_table_by_hand():
     assert "- A → B: PAT − KD -5.00 at 1×, -0.50 at 4×; the gap shrinks from 1× to 4×." in md
     assert "- A → B: PAT (official) − PAT -2.00 at 1×, +1.50 at 4×." in md
     assert "- A → B: best at 4×: pat-faithful (61.00)." in md
+    assert "Finished runs: 1×: 5 of 20, 4×: 5 of 20, 16×: 0 of 20." in md
     assert bs.table_csv(DATA).splitlines()[1] == "A → B,kd,1,0,50.0"
     assert bs.table_md([]) == "No finished runs yet.\n"
+
+
+def mixer_data(norm_values):
+    values = {"vanilla": (46.0, 48.0), "fitnet": (24.0, 26.0), "fitnet+norm": norm_values}
+    loss = {"vanilla": ({"gt": 2.0},) * 2, "fitnet": ({"gt": 2.0, "fitnet": 200.0}, {"gt": 1.0, "fitnet": 120.0}),
+            "fitnet+norm": ({"gt": 2.0, "fitnet": 3.0}, {"gt": 2.0, "fitnet": 2.0})}
+    return [{**row("M → D", m, 1, s, v), "first_epoch_loss": loss[m][s]} for m, vs in values.items()
+            for s, v in enumerate(vs)]
+
+
+@pytest.mark.parametrize("norm,verdict", [
+    ((45.0, 44.0), "M → D: FitNet − From scratch -22.00, FitNet (norm. target) − From scratch -2.50: "
+                   "the standardised target removes the collapse."),
+    ((30.0, 32.0), "the standardised target narrows the collapse by 6.00 points."),
+    ((20.0, 22.0), "the standardised target does not narrow the collapse.")])
+def test_mixer_table_and_verdict_by_hand(norm, verdict):
+    md = bs.mixer_md(mixer_data(norm))
+    assert "| M → D | VANILLA | 47.00 ± 1.41 (2) | — | — |" in md
+    assert "| M → D | FITNET | 25.00 ± 1.41 (2) | -22.00 | 110.0 |" in md          # (100 + 120) / 2
+    assert "| M → D | FITNET+NORM |" in md and md.split("FITNET+NORM |")[1].splitlines()[0].endswith("| 1.2 |")
+    assert verdict in md
+    assert bs.mixer_md([]) == "No finished runs yet.\n"
+
+
+def test_mixer_teacher_feature_scale_against_the_other_teachers():
+    board = [{"pair": p, "method": "fitnet", "first_epoch_loss": {"gt": 2.0, "fitnet": f}}
+             for p, f in (("Mixer-B/16 → X", 200.0), ("Mixer-B/16 → Y", 150.0), ("Swin-T → X", 8.0),
+                          ("Swin-T → X", 12.0), ("ViT-S → Y", 4.0))]
+    md = bs.mixer_md(mixer_data((45.0, 44.0)), board)
+    assert ("first epoch, seed means: 75.0 to 100.0 on the 2 Mixer-B/16 pairs, 2.0 to 5.0 on the 2 pairs of the "
+            "other teachers.") in md
+
+
+def test_mixer_verdict_when_the_raw_target_does_not_collapse():
+    data = [r if r["method"] != "fitnet" else {**r, "top1": r["top1"] + 20} for r in mixer_data((45.0, 44.0))]
+    assert ("the raw target does not collapse here (by ≥ 5 points); the standardised one scores -0.50 points "
+            "against it.") in bs.mixer_md(data)
 
 
 @pytest.mark.skipif(not (bs.ROOT / "runs").is_dir(), reason="no committed budget-study records yet")
 def test_committed_report_regenerates(tmp_path):
     data = bs.rows(bs.ROOT)
     assert (bs.ROOT / "budget.md").read_text() == bs.table_md(data)
-    assert (bs.ROOT / "budget.csv").read_text() == bs.table_csv(data)
+    assert (bs.ROOT / "budget.csv").read_text() == bs.table_csv(data + bs.mixer_rows(bs.ROOT))
+    assert (bs.ROOT / "mixer.md").read_text() == bs.mixer_md(bs.mixer_rows(bs.ROOT), bs.leaderboard_fitnet_rows())
     readme = (bs.ROOT / "README.md").read_text()
     assert bs.table_md(data) in readme

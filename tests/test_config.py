@@ -358,7 +358,7 @@ BAD_DISTILLER_VALUES = [("kd", "temperature", 0.0), ("dkd", "temperature", -1.0)
                         ("pat", "num_queries", 48), ("pat", "heads", 0), ("pat", "dim", 30),
                         ("pat", "feedback", "later"), ("pat", "faithful_items", ("nope",)),
                         ("pat", "afp_stages", (0,)), ("kd+ls", "temperature", 0.0),
-                        ("pat-faithful", "temperature", 0.0)]
+                        ("pat-faithful", "temperature", 0.0), ("fitnet+norm", "temperature", 0.0)]
 
 
 @pytest.mark.parametrize("name,field,value", BAD_DISTILLER_VALUES)

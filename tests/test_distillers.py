@@ -233,13 +233,16 @@ def test_teacher_batchnorm_statistics_unchanged_after_training_steps(name):
         assert torch.equal(v, before[k]), f"{name}: teacher state {k} changed"
 
 
+def outputs_and_features(d, images, labels):
+    """A distiller's output on a batch beside its student's and teacher's stage features, no graph."""
+    with torch.no_grad():
+        return d(images, labels), d.student(images)[1], d.teacher(images)[1]
+
+
 def test_fitnet_matches_a_direct_computation_and_kd_switch():
     d = make("fitnet", "kdbench_vit_s_xs", "kdbench_resnet18_xs").eval()
     images, labels = batch()
-    with torch.no_grad():
-        out = d(images, labels)
-        _, fs = d.student(images)
-        _, ft = d.teacher(images)
+    out, fs, ft = outputs_and_features(d, images, labels)
     specs = d.teacher.stage_specs
     expected = sum(F.mse_loss(d.aligners[str(i)](fs[i - 1]), ft[i - 1][:, specs[i - 1].prefix_tokens:]
                               .transpose(1, 2).reshape(4, specs[i - 1].channels, *specs[i - 1].grid))

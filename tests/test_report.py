@@ -270,6 +270,19 @@ def test_cd_plot_needs_rankable_data(tmp_path):
     assert report.plot_paths("x/lb") == (Path("x/lb.png"), Path("x/lb-pairs.png"))
 
 
+def test_a_one_distiller_grid_publishes_without_the_figures_it_cannot_draw(tmp_path):
+    """README's first command gives a table of kd alone: no differences, gains or ranks to draw."""
+    from kdbench.plots import plot_diffs
+    from kdbench.publish import publish
+    for seed, v in enumerate((70.0, 71.0)):
+        write(tmp_path, "tiny", SWIN_R18, "kd", seed, record("tiny", SWIN_R18, "kd", seed, v))
+    table = report.collect(tmp_path)
+    with pytest.raises(UsageError, match="cannot draw differences to kd: no other distiller ran"):
+        plot_diffs(table, tmp_path / "d.png")
+    names = {p.name for p in publish(table, tmp_path / "pub", "lb")}
+    assert {"lb.md", "lb.html", "lb-pairs.png"} <= names and "lb-diffs.png" not in names
+
+
 def test_seeds_of_one_cell_are_one_configuration(tmp_path):
     pair = SWIN_R18
     for seed in range(3):
