@@ -139,35 +139,53 @@ def table_md(data: List[Dict]) -> str:
 
 
 def findings(data: List[Dict]) -> str:
-    """The study's answers, generated: per pair, PAT's and PAT (official)'s gap to KD at each budget and
-    whether it shrinks from the smallest to the largest, and the best method at the largest budget."""
+    """The study's answers, generated: per pair, PAT's and PAT (official)'s gap to KD at each budget (with
+    the seed-paired differences: two seeds cannot carry a test) and what becomes of a deficit from the
+    smallest to the largest budget, PAT (official) against PAT, and the best method at the largest budget."""
     budgets = sorted({r["budget"] for r in data})
     out = []
     for pair in dict.fromkeys(r["pair"] for r in data):
-        mean = {(r["method"], r["budget"]): _mean([x["top1"] for x in data if x["pair"] == pair and
-                                                  x["method"] == r["method"] and x["budget"] == r["budget"]])
-                for r in data if r["pair"] == pair}
+        top1 = {(r["method"], r["budget"], r["seed"]): r["top1"] for r in data if r["pair"] == pair}
+        names = {r["method"]: r["method_display"] for r in data}
+
+        def gaps(m, ref):
+            """[(budget, mean difference, per-seed differences)] where both methods ran."""
+            got = []
+            for b in budgets:
+                mine = {s: v for (m2, b2, s), v in top1.items() if (m2, b2) == (m, b)}
+                theirs = {s: v for (m2, b2, s), v in top1.items() if (m2, b2) == (ref, b)}
+                if mine and theirs:
+                    paired = [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
+                    got.append((b, _mean(list(mine.values())) - _mean(list(theirs.values())), paired))
+            return got
+
+        def text(got):
+            return ", ".join(f"{g:+.2f} at {b:g}×" + (f" (seeds {' / '.join(f'{d:+.2f}' for d in p)})" if p else "")
+                             for b, g, p in got)
+
         for m in ("pat", "pat-faithful"):
-            gaps = [(b, mean[(m, b)] - mean[("kd", b)]) for b in budgets if (m, b) in mean and ("kd", b) in mean]
-            if len(gaps) < 1:
+            got = gaps(m, "kd")
+            if not got:
                 continue
-            text = ", ".join(f"{g:+.2f} at {b:g}×" for b, g in gaps)
             trend = ""
-            if len(gaps) > 1:
-                first, last = gaps[0][1], gaps[-1][1]
-                trend = ("; the gap shrinks" if abs(last) < abs(first) else "; the gap does not shrink") + \
-                    f" from {gaps[0][0]:g}× to {gaps[-1][0]:g}×"
-            name = "PAT" if m == "pat" else "PAT (official)"
-            out.append(f"- {pair}: {name} − KD {text}{trend}.")
-        both = [(b, mean[("pat-faithful", b)] - mean[("pat", b)]) for b in budgets
-                if ("pat", b) in mean and ("pat-faithful", b) in mean]
-        if both:
-            out.append(f"- {pair}: PAT (official) − PAT " + ", ".join(f"{g:+.2f} at {b:g}×" for b, g in both) + ".")
+            if len(got) > 1:
+                (b0, first, _), (b1, last, _) = got[0], got[-1]
+                if first >= 0:
+                    trend = f"; not behind KD at {b0:g}×" + ("" if last >= 0 else f", behind at {b1:g}×")
+                elif last >= 0:
+                    trend = f"; the deficit at {b0:g}× is gone at {b1:g}×"
+                else:
+                    trend = f"; the deficit {'shrinks' if last > first else 'does not shrink'} from {b0:g}× to {b1:g}×"
+            out.append(f"- {pair}: {names[m]} − KD {text(got)}{trend}.")
+        got = gaps("pat-faithful", "pat")
+        if got:
+            out.append(f"- {pair}: {names['pat-faithful']} − {names['pat']} {text(got)}.")
         top = max(budgets)
-        at_top = {m: v for (m, b), v in mean.items() if b == top}
+        at_top = {m: _mean([v for (m2, b, _), v in top1.items() if m2 == m and b == top])
+                  for (m, b, _) in top1 if b == top}
         if at_top:
             best = max(at_top, key=at_top.get)
-            out.append(f"- {pair}: best at {top:g}×: {best} ({at_top[best]:.2f}).")
+            out.append(f"- {pair}: best at {top:g}×: {names[best]} ({at_top[best]:.2f}).")
     return "\n".join(out) + "\n" if out else ""
 
 

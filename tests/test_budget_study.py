@@ -22,12 +22,25 @@ def test_table_by_hand():
     assert "| KD | 51.00 ± 1.41 (2) | 60.00 ± 0.00 (2) | — | — |" in md
     assert "| PAT | 46.00 ± 1.41 (2) | 59.50 ± 0.71 (2) | -5.00 | -0.50 |" in md
     assert "| PAT-FAITHFUL | 44.00 (1) | 61.00 (1) | -7.00 | +1.00 |" in md
-    assert "- A → B: PAT − KD -5.00 at 1×, -0.50 at 4×; the gap shrinks from 1× to 4×." in md
-    assert "- A → B: PAT (official) − PAT -2.00 at 1×, +1.50 at 4×." in md
-    assert "- A → B: best at 4×: pat-faithful (61.00)." in md
+    assert ("- A → B: PAT − KD -5.00 at 1× (seeds -5.00 / -5.00), -0.50 at 4× (seeds -1.00 / +0.00); the deficit "
+            "shrinks from 1× to 4×.") in md
+    assert ("- A → B: PAT-FAITHFUL − KD -7.00 at 1× (seeds -6.00), +1.00 at 4× (seeds +1.00); the deficit at 1× is "
+            "gone at 4×.") in md
+    assert "- A → B: PAT-FAITHFUL − PAT -2.00 at 1× (seeds -1.00), +1.50 at 4× (seeds +2.00)." in md
+    assert "- A → B: best at 4×: PAT-FAITHFUL (61.00)." in md
     assert "Finished runs: 1×: 5 of 20, 4×: 5 of 20, 16×: 0 of 20." in md
     assert bs.table_csv(DATA).splitlines()[1] == "A → B,kd,1,0,50.0"
     assert bs.table_md([]) == "No finished runs yet.\n"
+
+
+def test_findings_when_pat_starts_ahead():
+    ahead = [r for r in DATA if r["method"] in ("kd", "pat")]
+    ahead = [{**r, "top1": r["top1"] + (10.0 if r["method"] == "pat" and r["budget"] == 1 else 0.0)} for r in ahead]
+    assert "PAT − KD +5.00 at 1× (seeds +5.00 / +5.00), -0.50 at 4× (seeds -1.00 / +0.00); not behind KD at 1×, " \
+           "behind at 4×." in bs.findings(ahead)
+    behind = [r for r in DATA if r["method"] in ("kd", "pat")]
+    behind = [{**r, "top1": r["top1"] - (10.0 if r["method"] == "pat" and r["budget"] == 4 else 0.0)} for r in behind]
+    assert "; the deficit does not shrink from 1× to 4×." in bs.findings(behind)
 
 
 def mixer_data(norm_values):
