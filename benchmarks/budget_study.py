@@ -33,7 +33,8 @@ SEEDS = 2
 README_BLOCK = "budget.md"
 
 
-MIXER_PAIRS = ("mixer_b16_224:deit_tiny_patch16_224", "mixer_b16_224:resnet18")
+MIXER_PAIRS = ("mixer_b16_224:deit_tiny_patch16_224", "mixer_b16_224:resnet18",      # the tiny leaderboard's
+               "mixer_b16_224:swin_pico_patch4_window7_224", "mixer_b16_224:mobilenetv2_100")   # Mixer-B/16 pairs
 MIXER_METHODS = ("vanilla", "fitnet", "fitnet+norm")
 MIXER_GRID = "mixer-b1"
 
@@ -199,7 +200,7 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
         return "No finished runs yet.\n"
     lines = ["| pair | method | top-1 (mean ± std (n)) | − From scratch | feature term / CE, epoch 1 |",
              "|---|---|---|---|---|"]
-    verdicts = []
+    verdicts, outcome = [], {}
     for pair in dict.fromkeys(r["pair"] for r in data):
         mean, names = {}, {}
         for m in [m for m in MIXER_METHODS if any(r["pair"] == pair and r["method"] == m for r in data)]:
@@ -213,6 +214,7 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
             lines.append(f"| {pair} | {names[m]} | {mean[m]:.2f}{sd} ({len(v)}) | {gap} | {ratio} |")
         if {"vanilla", "fitnet", "fitnet+norm"} <= set(mean):
             raw, norm = mean["fitnet"] - mean["vanilla"], mean["fitnet+norm"] - mean["vanilla"]
+            outcome[pair] = (raw, norm)
             if raw > -COLLAPSE:
                 verdict = (f"the raw target does not collapse here (by ≥ {COLLAPSE:g} points); the standardised "
                            f"one scores {norm - raw:+.2f} points against it")
@@ -224,6 +226,16 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
                 verdict = "the standardised target does not narrow the collapse"
             verdicts.append(f"- {pair}: FitNet − From scratch {raw:+.2f}, FitNet (norm. target) − From scratch "
                             f"{norm:+.2f}: {verdict}.")
+    if len(outcome) > 1:
+        collapsed = [p for p, (raw, _) in outcome.items() if raw <= -COLLAPSE]
+        removed = [p for p in collapsed if outcome[p][1] > -COLLAPSE]
+        held = [p for p in outcome if p not in collapsed]
+        lower = [p for p in held if outcome[p][1] < outcome[p][0]]
+        verdicts.append(f"- Over the {len(outcome)} pairs: the raw target collapses on {len(collapsed)}"
+                        + (f" ({', '.join(collapsed)}), the standardised one removes {len(removed)} of those collapses"
+                           if collapsed else "")
+                        + (f"; on the {len(held)} others the standardised target scores below the raw one on "
+                           f"{len(lower)}" if held else "") + ".")
     by_pair = {p: _feature_ratio([r for r in leaderboard if r["pair"] == p]) for p in dict.fromkeys(r["pair"] for r in leaderboard)}
     mixer = [v for p, v in by_pair.items() if v is not None and p.startswith("Mixer")]
     other = [v for p, v in by_pair.items() if v is not None and not p.startswith("Mixer")]

@@ -1,6 +1,8 @@
 """The budget study's report (benchmarks/budget_study.py): tables, CSV and findings computed by hand on
 made-up rows, and the committed report regenerated from the committed records."""
 
+import json
+
 import pytest
 
 from benchmarks import budget_study as bs
@@ -74,6 +76,13 @@ def test_mixer_teacher_feature_scale_against_the_other_teachers():
             "other teachers.") in md
 
 
+def test_mixer_summary_over_pairs():
+    two = mixer_data((45.0, 44.0)) + [{**r, "pair": "M → R", "top1": r["top1"] + (30.0 if r["method"] == "fitnet" else 0.0)}
+                                      for r in mixer_data((45.0, 44.0))]
+    assert ("- Over the 2 pairs: the raw target collapses on 1 (M → D), the standardised one removes 1 of those "
+            "collapses; on the 1 others the standardised target scores below the raw one on 1.") in bs.mixer_md(two)
+
+
 def test_mixer_verdict_when_the_raw_target_does_not_collapse():
     data = [r if r["method"] != "fitnet" else {**r, "top1": r["top1"] + 20} for r in mixer_data((45.0, 44.0))]
     assert ("the raw target does not collapse here (by ≥ 5 points); the standardised one scores -0.50 points "
@@ -88,3 +97,49 @@ def test_committed_report_regenerates(tmp_path):
     assert (bs.ROOT / "mixer.md").read_text() == bs.mixer_md(bs.mixer_rows(bs.ROOT), bs.leaderboard_fitnet_rows())
     readme = (bs.ROOT / "README.md").read_text()
     assert bs.table_md(data) in readme
+
+
+def test_readme_intro_figures_hold_on_the_tiny_records():
+    from kdbench.leaderboard import collect
+    readme = " ".join((bs.ROOT / "README.md").read_text().split())
+    rows = {r.display: r.cells for r in collect(bs.TINY_RUNS, "tiny", finished_only=True).rows}
+    below = sum(round(c["pat"].mean, 2) < round(c["kd"].mean, 2) for c in rows.values())
+    assert f"below KD on {below} of {len(rows)} pairs" in readme and below > len(rows) / 2
+    gap = {m: rows[p]["vanilla"].mean - rows[p][m].mean
+           for m, p in (("pat", "Mixer-B/16 → ResNet18"), ("fitnet", "Mixer-B/16 → DeiT-T"))}
+    assert (f"(PAT {gap['pat']:.2f} points below From scratch on Mixer-B/16 → ResNet18, FitNet {gap['fitnet']:.2f} "
+            f"below on Mixer-B/16 → DeiT-T)") in readme
+
+
+def test_readme_mixer_statements_hold_on_the_records():
+    """README, "What it shows" under the Mixer table: each statement recomputed from the records."""
+    from kdbench.leaderboard import collect
+    rows = bs.mixer_rows(bs.ROOT)
+    if len({r["pair"] for r in rows}) < len(bs.MIXER_PAIRS):
+        pytest.skip("the Mixer grid is not complete")
+    readme = " ".join((bs.ROOT / "README.md").read_text().split())
+    assert "about a hundred times the cross-entropy in the first epoch, where the other teachers' make it a few times" \
+        in readme
+    board = bs.leaderboard_fitnet_rows()
+    mixer = [bs._feature_ratio([r for r in rows if r["pair"] == p and r["method"] == "fitnet"])
+             for p in dict.fromkeys(r["pair"] for r in rows)]
+    others = [bs._feature_ratio([r for r in board if r["pair"] == p])
+              for p in dict.fromkeys(r["pair"] for r in board) if not p.startswith("Mixer")]
+    assert all(50 <= v <= 200 for v in mixer) and all(v < 10 for v in others)
+    table = collect(bs.ROOT / "runs" / bs.MIXER_GRID, "tiny", finished_only=True).rows
+    groups = {r.display: r.group for r in table}
+    optimizer = {r.display: {json.loads((d / "result.json").read_text())["config"]["recipe"]["optimizer"]
+                             for c in r.cells.values() for d in c.dirs.values()} for r in table}
+    assert all(optimizer[p] == ({"sgd"} if g == "CNN students" else {"adamw"}) for p, g in groups.items())
+
+    def gap(pair, method):
+        mean = lambda m: bs._mean([r["top1"] for r in rows if r["pair"] == pair and r["method"] == m])  # noqa: E731
+        return mean(method) - mean("vanilla")
+
+    cnn = {p for p, g in groups.items() if g == "CNN students"}
+    vit = {p for p, g in groups.items() if g == "ViT-MLP students"}
+    assert len(cnn) == len(vit) == 2
+    assert "FitNet collapses on both ViT-MLP students (DeiT-T and Swin-P" in readme
+    assert all(gap(p, "fitnet") <= -bs.COLLAPSE and gap(p, "fitnet+norm") > -bs.COLLAPSE for p in vit)
+    assert "gains on both CNN students (ResNet18 and MobileNetV2" in readme
+    assert all(0 < gap(p, "fitnet+norm") < gap(p, "fitnet") for p in cnn)
