@@ -142,7 +142,8 @@ def table_md(data: List[Dict]) -> str:
 def findings(data: List[Dict]) -> str:
     """The study's answers, generated: per pair, PAT's and PAT (official)'s gap to KD at each budget (with
     the seed-paired differences: two seeds cannot carry a test) and what becomes of a deficit from the
-    smallest to the largest budget, PAT (official) against PAT, and the best method at the largest budget."""
+    smallest to the largest budget, PAT (official) against PAT, and the best method at the largest budget
+    at which every method ran."""
     budgets = sorted({r["budget"] for r in data})
     out = []
     for pair in dict.fromkeys(r["pair"] for r in data):
@@ -172,7 +173,7 @@ def findings(data: List[Dict]) -> str:
             if len(got) > 1:
                 (b0, first, _), (b1, last, _) = got[0], got[-1]
                 if first >= 0:
-                    trend = f"; not behind KD at {b0:g}×" + ("" if last >= 0 else f", behind at {b1:g}×")
+                    trend = f"; not behind KD at {b0:g}×" + (f" nor at {b1:g}×" if last >= 0 else f", behind at {b1:g}×")
                 elif last >= 0:
                     trend = f"; the deficit at {b0:g}× is gone at {b1:g}×"
                 else:
@@ -181,10 +182,11 @@ def findings(data: List[Dict]) -> str:
         got = gaps("pat-faithful", "pat")
         if got:
             out.append(f"- {pair}: {names['pat-faithful']} − {names['pat']} {text(got)}.")
-        top = max(budgets)
-        at_top = {m: _mean([v for (m2, b, _), v in top1.items() if m2 == m and b == top])
-                  for (m, b, _) in top1 if b == top}
-        if at_top:
+        methods = {m for (m, _, _) in top1}
+        complete = [b for b in budgets if methods <= {m for (m, b2, _) in top1 if b2 == b}]
+        top = max(complete, default=None)      # the largest budget at which every method of the pair ran
+        at_top = {m: _mean([v for (m2, b, _), v in top1.items() if m2 == m and b == top]) for m in methods}
+        if top is not None:
             best = max(at_top, key=at_top.get)
             out.append(f"- {pair}: best at {top:g}×: {names[best]} ({at_top[best]:.2f}).")
     return "\n".join(out) + "\n" if out else ""

@@ -139,6 +139,15 @@ def _loaders(run: RunConfig, device):
     return task_of(run.task).loaders(run, batch_size=run.recipe.batch_size, device=device)
 
 
+def teacher_cached(preset: Preset, teacher: str, data: DataConfig, tcfg: TeacherConfig, *, out: Path, device) -> bool:
+    """Whether `get_teacher` would load this trained teacher from its cache instead of training it
+    (released checkpoints are never "cached": they are loaded, and evaluated once per file)."""
+    if tcfg.source == "checkpoint":
+        return False
+    tdir = teacher_dir(out, preset.name, teacher)
+    return _stale_reason(read_manifest(tdir), tdir, teacher_run(preset, teacher, data, tcfg, device)) is None
+
+
 def _stale_reason(manifest: Optional[TeacherManifest], tdir: Path, run: RunConfig):
     """Why the cache must be (re)built, or None. `read_manifest` gave None for a missing or half-written
     manifest ("not cached") and raised for one of another schema, which is never overwritten."""

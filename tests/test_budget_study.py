@@ -40,6 +40,10 @@ def test_findings_when_pat_starts_ahead():
     ahead = [{**r, "top1": r["top1"] + (10.0 if r["method"] == "pat" and r["budget"] == 1 else 0.0)} for r in ahead]
     assert "PAT − KD +5.00 at 1× (seeds +5.00 / +5.00), -0.50 at 4× (seeds -1.00 / +0.00); not behind KD at 1×, " \
            "behind at 4×." in bs.findings(ahead)
+    both = [{**r, "top1": r["top1"] + (10.0 if r["method"] == "pat" else 0.0)} for r in DATA if r["method"] in ("kd", "pat")]
+    assert "; not behind KD at 1× nor at 4×." in bs.findings(both)
+    partial = both + [row("A → B", "kd", 16, 0, 99.0)]          # 16x: only KD has run yet
+    assert "best at 4×: PAT (69.50)." in bs.findings(partial)
     behind = [r for r in DATA if r["method"] in ("kd", "pat")]
     behind = [{**r, "top1": r["top1"] - (10.0 if r["method"] == "pat" and r["budget"] == 4 else 0.0)} for r in behind]
     assert "; the deficit does not shrink from 1× to 4×." in bs.findings(behind)

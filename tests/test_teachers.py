@@ -10,7 +10,7 @@ from kdbench.config import load_preset
 from kdbench.errors import UsageError
 from kdbench.models import create_model
 from kdbench.results import read_manifest
-from kdbench.teachers import WEIGHTS, get_teacher, teacher_dir
+from kdbench.teachers import WEIGHTS, get_teacher, teacher_cached, teacher_dir
 
 CPU = torch.device("cpu")
 TEACHER = "kdbench_resnet18_xs"
@@ -51,6 +51,19 @@ def test_corrupt_weights_or_new_recipe_retrain(tmp_path, setup):
     tcfg2 = dataclasses.replace(tcfg, cnn=dataclasses.replace(tcfg.cnn, lr=0.01))
     get_teacher(preset, TEACHER, data, tcfg2, out=tmp_path, device=CPU, context=RunContext(sink=logs.append))
     assert any("recipe changed" in s for s in logs)
+
+
+def test_teacher_cached_says_what_get_teacher_will_do(tmp_path, setup):
+    preset, data, tcfg = setup
+    cached = lambda cfg=tcfg: teacher_cached(preset, TEACHER, data, cfg, out=tmp_path, device=CPU)   # noqa: E731
+    assert not cached()
+    get_teacher(preset, TEACHER, data, tcfg, out=tmp_path, device=CPU, context=SILENT)
+    assert cached()
+    assert not cached(dataclasses.replace(tcfg, cnn=dataclasses.replace(tcfg.cnn, lr=0.01)))     # another recipe
+    assert not cached(dataclasses.replace(tcfg, source="checkpoint"))                              # released files
+    weights = teacher_dir(tmp_path, "smoke", TEACHER) / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert not cached()
 
 
 def test_accuracy_floor(tmp_path, setup):

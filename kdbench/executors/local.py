@@ -30,7 +30,7 @@ class LocalExecutor:
     def __init__(self, context: RunContext = LOCAL):
         self.context = context
         self.log = context.log
-        self._clock = GridClock(0, 0)
+        self._clock, self._to_train = GridClock(0, 0), set()
 
     def run(self, plan: Plan) -> int:
         """The grid's exit status: 0, 1 if a cell failed, 128+signal if stopped."""
@@ -44,8 +44,12 @@ class LocalExecutor:
         # another process is training right now waits its turn behind the other teachers' cells.
         order = {t: i for i, t in enumerate(plan.teachers)}
         queue = deque(sorted((plan.runs[i] for i in todo), key=lambda r: order.get(r.teacher, len(order))))
+        from ..teachers import teacher_cached
         needs_teacher = {r.teacher for r in queue if DISTILLERS.get(r.distiller, r.task).requires_teacher}
-        self._clock = clock = GridClock(len(queue), len(needs_teacher))
+        # the line counts the teachers to train apart; loading a cached one is part of its first cell
+        self._to_train = {t for t in needs_teacher if main and not teacher_cached(
+            plan.preset, t, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device)}
+        self._clock = clock = GridClock(len(queue), len(self._to_train))
         total, done, failed, busy, deferred = len(queue), 0, 0, 0, 0
         self._teacher: Tuple[Optional[str], object, Optional[dict], Optional[str]] = (None, None, None, None)
         with StopOnSignal(self.log) as stop:
@@ -159,7 +163,8 @@ class LocalExecutor:
             try:
                 teacher, manifest = get_teacher(plan.preset, run.teacher, plan.data, plan.teacher_cfg, out=plan.out,
                                                 device=plan.device, context=self.context, should_stop=stop)
-                self._clock.teacher_prepared(time.perf_counter() - start)
+                if run.teacher in self._to_train:
+                    self._clock.teacher_prepared(time.perf_counter() - start)
             except (UsageError, Interrupted):
                 raise
             except Exception as exc:  # noqa: BLE001 - its cells record the failure

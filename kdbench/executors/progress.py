@@ -5,10 +5,11 @@ from typing import Callable
 
 
 class GridClock:
-    """Times a grid's cells and, apart, the preparation of their teachers (training, or loading from
-    the cache), which only a teacher's first cell pays. The time left is the cells still to run at
-    the mean cell time without teachers, plus the teachers still to prepare at the mean preparation
-    time so far (at the mean cell time while none has been prepared)."""
+    """Times a grid's cells and, apart, the preparation of the teachers it has to train (or to load
+    from released files), which only a teacher's first cell pays; loading a cached teacher is part of
+    its first cell. The time left is the cells still to run at the mean cell time without teachers,
+    plus the teachers still to prepare at the mean preparation time so far (at the mean cell time
+    while none has been prepared)."""
 
     def __init__(self, total: int, teachers: int, now: Callable[[], float] = time.perf_counter):
         self.total, self.teachers_total, self.now = total, teachers, now
