@@ -197,7 +197,8 @@ COLLAPSE = 5.0     # points below From scratch that the tiny findings call a col
 
 def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
     """Markdown for the Mixer-teacher grid: per pair, each method's top-1, its gap to From scratch and
-    (FitNet) how large its feature term was against the cross-entropy in the first epoch, then whether FitNet's standardised target avoids the collapse of the raw one (generated)."""
+    (FitNet) how large its feature term was against the cross-entropy in the first epoch, then whether
+    FitNet's standardised target avoids the collapse of the raw one (generated)."""
     if not data:
         return "No finished runs yet.\n"
     lines = ["| pair | method | top-1 (mean ± std (n)) | − From scratch | feature term / CE, epoch 1 |",
@@ -238,7 +239,8 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
                            if collapsed else "")
                         + (f"; on the {len(held)} others the standardised target scores below the raw one on "
                            f"{len(lower)}" if held else "") + ".")
-    by_pair = {p: _feature_ratio([r for r in leaderboard if r["pair"] == p]) for p in dict.fromkeys(r["pair"] for r in leaderboard)}
+    by_pair = {p: _feature_ratio([r for r in leaderboard if r["pair"] == p])
+               for p in dict.fromkeys(r["pair"] for r in leaderboard)}
     mixer = [v for p, v in by_pair.items() if v is not None and p.startswith("Mixer")]
     other = [v for p, v in by_pair.items() if v is not None and not p.startswith("Mixer")]
     if mixer and other:
@@ -308,16 +310,8 @@ def report(root: Path = ROOT) -> List[Path]:
     return written
 
 
-def _under_tcmalloc() -> None:
-    """Re-execute this process under tcmalloc where `kdbench run` would be (same interpreter, same
-    arguments), so the study's runs use the allocator a user's runs use."""
-    from kdbench.launch import preload_env
-    env = preload_env(["run"], os.environ) if sys.platform == "linux" and sys.executable else None
-    if env is not None:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-
-
 def main(argv=None) -> int:
+    from kdbench.launch import reexec_under_tcmalloc
     parser = argparse.ArgumentParser(prog="python -m benchmarks.budget_study", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
@@ -325,7 +319,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-mixer", action="store_true", help="run: skip the Mixer-teacher grid")
     args = parser.parse_args(argv)
     if args.command == "run":
-        _under_tcmalloc()
+        reexec_under_tcmalloc(["run"])      # the allocator a user's `kdbench run` gets (kdbench/launch.py)
         return run(args.root, tuple(float(b) for b in args.budgets.split(",")), mixer=not args.no_mixer)
     for path in report(args.root):
         print(path)

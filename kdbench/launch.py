@@ -52,17 +52,23 @@ def preload_env(argv: List[str], env: Mapping[str, str]) -> Optional[dict]:
     return {**QUIET, **env, "LD_PRELOAD": ":".join([lib, *preload])}
 
 
+def reexec_under_tcmalloc(argv: List[str]) -> None:
+    """Re-execute this process (same interpreter, same command line) under tcmalloc when `preload_env`
+    says so for the kdbench arguments `argv`; return only when it does not (or cannot) re-execute."""
+    env = preload_env(argv, os.environ) if sys.platform == "linux" and sys.executable else None
+    if env is not None:
+        try:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError:            # cannot re-execute: run as we are, with glibc's allocator
+            pass
+
+
 def main() -> int:
     """`kdbench ...`: the CLI, re-executed once under tcmalloc where that applies."""
     choice = os.environ.get("KDBENCH_MALLOC", "tcmalloc")
     if choice not in MALLOC_CHOICES:
         print(f"kdbench: error: KDBENCH_MALLOC={choice!r}; choose from: {', '.join(MALLOC_CHOICES)}", file=sys.stderr)
         return 2
-    env = preload_env(sys.argv[1:], os.environ) if sys.platform == "linux" and sys.executable else None
-    if env is not None:
-        try:
-            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-        except OSError:            # cannot re-execute: run as we are, with glibc's allocator
-            pass
+    reexec_under_tcmalloc(sys.argv[1:])
     from .cli import main as cli_main
     return cli_main(sys.argv[1:])
