@@ -7,7 +7,7 @@ warm-ups scaled, the same 8k-image subset) x 2 seeds. One kdbench output folder 
 preset's teachers, trained once by the study, since the tiny leaderboard commits their manifests but
 not their weights). `run` goes on under tcmalloc where `kdbench run` would (kdbench/launch.py).
 
-    python -m benchmarks.budget_study run [--budgets 1,4,16] [--no-mixer]   # resumable (SIGTERM)
+    python -m benchmarks.budget_study run [--budgets 1,4,16] [--no-mixer] [--no-items]   # resumable
     python -m benchmarks.budget_study report                   # table, CSV, plot, README block
 
 `report` reads only finished records, so it can be run while the study is under way; every number
@@ -24,6 +24,8 @@ import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List
+
+from benchmarks import budget_items
 
 ROOT = Path(__file__).resolve().parent / "results" / "budget"
 TINY_RUNS = Path(__file__).resolve().parent / "results" / "tiny" / "runs"     # the tiny leaderboard's records
@@ -61,7 +63,7 @@ def budget_dir(root: Path, budget) -> Path:
     return root / "runs" / f"b{budget:g}"
 
 
-def _grid(root: Path, out: Path, pairs, methods, budget) -> int:
+def _grid(root: Path, out: Path, pairs, methods, budget, overrides=()) -> int:
     """One tiny grid under `out`, its teachers from the study's shared cache."""
     from kdbench.cli import main
     teachers = root / "runs" / "teachers"
@@ -71,19 +73,21 @@ def _grid(root: Path, out: Path, pairs, methods, budget) -> int:
         teachers.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(teachers, out))
     return main(["run", "--preset", "tiny", "--pairs", ",".join(pairs), "--distiller", ",".join(methods),
-                 "--seeds", str(SEEDS), "--set", f"recipe.budget={budget:g}", "--out", str(out)])
+                 "--seeds", str(SEEDS), "--set", f"recipe.budget={budget:g}", "--out", str(out)]
+                + [a for o in overrides for a in ("--set", o)])
 
 
-def run(root: Path = ROOT, budgets=BUDGETS, mixer: bool = True) -> int:
+def run(root: Path = ROOT, budgets=BUDGETS, mixer: bool = True, items: bool = True) -> int:
     """Run (or resume) the study: the Mixer-teacher grid (FitNet's raw vs standardised target at 1x,
-    a few minutes), then one grid per budget, all on one shared teacher cache."""
+    a few minutes), one grid per budget and pair, then PAT's official behaviours one at a time
+    (benchmarks/budget_items.py), all on one shared teacher cache."""
     grids = [(root / "runs" / MIXER_GRID, MIXER_PAIRS, MIXER_METHODS, 1)] if mixer else []
     grids += [(budget_dir(root, b), [pair], methods, b) for b in budgets for pair, methods in plan(b)]
     for out, pairs, methods, budget in grids:
         code = _grid(root, out, pairs, methods, budget)
         if code:
             return code
-    return 0
+    return budget_items.run(root, _grid) if items else 0
 
 
 def _rows(folder: Path, budget) -> List[Dict]:
@@ -333,15 +337,27 @@ def plot(data: List[Dict], path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
+def csv_rows(root: Path = ROOT) -> List[Dict]:
+    """Every finished run of the study: the budget grids, the Mixer grid and the ablation (method
+    `pat[<item>]`)."""
+    return rows(root) + mixer_rows(root) + [{**r, "method": f"pat[{r['item']}]"} for r in budget_items.rows(root, _rows)]
+
+
+def items_md(root: Path = ROOT) -> str:
+    """The ablation's table (benchmarks/budget_items.py) against the 1x grid's PAT and PAT (official)."""
+    return budget_items.items_md(budget_items.rows(root, _rows), _rows(budget_dir(root, 1), 1))
+
+
 def report(root: Path = ROOT) -> List[Path]:
-    """Write budget.md, mixer.md, budget.csv (both grids' runs), budget.png and refresh the README's
-    generated blocks."""
+    """Write budget.md, mixer.md, items.md, budget.csv (every grid's runs), budget.png and refresh the
+    README's generated blocks."""
     from kdbench.publish import README_BLOCK as BLOCK
     from kdbench.results import atomic_write_bytes
     data, mixer = rows(root), mixer_rows(root)
     written = []
-    for name, text in (("budget.md", table_md(data)), ("budget.csv", table_csv(data + mixer)),
-                       ("mixer.md", mixer_md(mixer, leaderboard_fitnet_rows()))):
+    for name, text in (("budget.md", table_md(data)), ("budget.csv", table_csv(csv_rows(root))),
+                       ("mixer.md", mixer_md(mixer, leaderboard_fitnet_rows())),
+                       ("items.md", items_md(root))):
         atomic_write_bytes(root / name, text.encode())
         written.append(root / name)
     if data:
@@ -364,10 +380,12 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--no-mixer", action="store_true", help="run: skip the Mixer-teacher grid")
+    parser.add_argument("--no-items", action="store_true", help="run: skip PAT's official behaviours one at a time")
     args = parser.parse_args(argv)
     if args.command == "run":
         reexec_under_tcmalloc(["run"])      # the allocator a user's `kdbench run` gets (kdbench/launch.py)
-        return run(args.root, tuple(float(b) for b in args.budgets.split(",")), mixer=not args.no_mixer)
+        return run(args.root, tuple(float(b) for b in args.budgets.split(",")), mixer=not args.no_mixer,
+                   items=not args.no_items)
     for path in report(args.root):
         print(path)
     return 0

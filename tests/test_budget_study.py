@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from benchmarks import budget_items as bi
 from benchmarks import budget_study as bs
 
 
@@ -65,9 +66,15 @@ def test_plan_leaves_out_only_at_16x_and_runs_one_grid_per_pair(monkeypatch, tmp
     assert all(set(bs.METHODS) - set(sixteen[p]) == {m for p2, m in bs.LEFT_OUT[16] if p2 == p} for p in bs.PAIRS)
     assert bs.planned_methods(16)["Swin-T → ResNet18"] == {"vanilla", "kd", "pat"}
     calls = []
-    monkeypatch.setattr(bs, "_grid", lambda root, out, pairs, methods, budget: calls.append((out.name, pairs, methods)) or 0)
-    assert bs.run(tmp_path, budgets=(4, 16), mixer=False) == 0
-    assert calls == [("b4", [p], bs.METHODS) for p in bs.PAIRS] + [("b16", [p], m) for p, m in bs.plan(16)]
+    monkeypatch.setattr(bs, "_grid", lambda root, out, pairs, methods, budget, overrides=():
+                        calls.append((out.name, pairs, methods, overrides)) or 0)
+    assert bs.run(tmp_path, budgets=(4, 16), mixer=False, items=False) == 0
+    assert calls == [("b4", [p], bs.METHODS, ()) for p in bs.PAIRS] + [("b16", [p], m, ()) for p, m in bs.plan(16)]
+    calls.clear()
+    assert bs.run(tmp_path, budgets=(), mixer=False) == 0       # the ablation: one PAT grid per official behaviour
+    assert calls == [(i, [bi.ITEMS_PAIR], ("pat",), (f"distiller.faithful_items=[{i}]",)) for i in bi.ITEMS]
+    from distillers.pat import FAITHFUL_ITEMS
+    assert set(bi.ITEMS) == set(FAITHFUL_ITEMS)
 
 
 def test_left_out_reason_holds_on_the_records():
@@ -81,6 +88,22 @@ def test_left_out_reason_holds_on_the_records():
         assert abs(mean["pat-faithful"] - mean["pat"]) <= 0.1
     readme = " ".join((bs.ROOT / "README.md").read_text().split())
     assert "where it and PAT agree within 0.1 points (seed means) at 1× and 4×" in readme
+
+
+def test_items_table_by_hand():
+    base = [row("C → D", m, 1, s, v) for m, s, v in [("pat", 0, 40.0), ("pat", 1, 42.0), ("pat-faithful", 0, 48.0),
+                                                       ("pat-faithful", 1, 46.0)]]
+    data = [{**row("C → D", "pat", 1, s, v), "item": i} for i, s, v in [("se_gate_only", 0, 45.0), ("se_gate_only", 1, 45.0),
+                                                                         ("pe_by_batch", 0, 40.0)]]
+    md = bi.items_md(data, base)
+    assert "| nothing (PAT, corrected) | 41.00 ± 1.41 (2) | — | — |" in md
+    assert "| `se_gate_only` | 45.00 ± 0.00 (2) | +4.00 (seeds +5.00 / +3.00) | +67% |" in md
+    assert "| `pe_by_batch` | 40.00 (1) | -1.00 (seeds +0.00) | -17% |" in md
+    assert "| all five (PAT (official)) | 47.00 ± 1.41 (2) | +6.00 (seeds +8.00 / +4.00) | +100% |" in md
+    assert ("- Alone, `se_gate_only` moves PAT by +67% of the gap between PAT and PAT (official) (+6.00 points); the "
+            "others by -17% (2 of 5 behaviours ran).") in md
+    assert bi.items_md([], base) == "No finished runs yet.\n"
+    assert "no PAT and PAT (official) runs" in bi.items_md(data, base[:2])
 
 
 def mixer_data(norm_values):
@@ -131,7 +154,8 @@ def test_mixer_verdict_when_the_raw_target_does_not_collapse():
 def test_committed_report_regenerates(tmp_path):
     data = bs.rows(bs.ROOT)
     assert (bs.ROOT / "budget.md").read_text() == bs.table_md(data)
-    assert (bs.ROOT / "budget.csv").read_text() == bs.table_csv(data + bs.mixer_rows(bs.ROOT))
+    assert (bs.ROOT / "budget.csv").read_text() == bs.table_csv(bs.csv_rows(bs.ROOT))
+    assert (bs.ROOT / "items.md").read_text() == bs.items_md(bs.ROOT)
     assert (bs.ROOT / "mixer.md").read_text() == bs.mixer_md(bs.mixer_rows(bs.ROOT), bs.leaderboard_fitnet_rows())
     readme = (bs.ROOT / "README.md").read_text()
     assert bs.table_md(data) in readme
