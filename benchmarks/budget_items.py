@@ -2,8 +2,9 @@
 from the corrected PAT on ConvNeXt-T -> DeiT-T at the tiny budget (6 points at 1x)?
 
 One grid per behaviour (`runs/pat-items-b1/<item>`): PAT corrected with only that behaviour of the
-official code turned on (`--set distiller.faithful_items=[<item>]`, docs/pat.md), 2 seeds, on the
-study's teacher cache. Run and reported by benchmarks/budget_study.py (`run`, `report`).
+official code turned on (`--set distiller.faithful_items=[<item>]`, docs/pat.md); then one grid per
+behaviour that acts on this pair with every behaviour but that one (`runs/pat-items-b1/all-but-<item>`).
+2 seeds, on the study's teacher cache. Run and reported by benchmarks/budget_study.py (`run`, `report`).
 """
 
 import statistics
@@ -15,6 +16,12 @@ ITEMS_PAIR = "convnext_tiny:deit_tiny_patch16_224"
 # the order they run in: the first three act on this pair's map teacher and token student; the last two
 # touch only token teachers (token_permute) and teachers with BatchNorm or drop-path (teacher_train_first_step)
 ITEMS = ("se_gate_only", "pe_by_batch", "last_token_cls", "token_permute", "teacher_train_first_step")
+ACTING = ITEMS[:3]
+VARIANTS = [(i, (i,)) for i in ITEMS] + [(f"all-but-{i}", tuple(j for j in ITEMS if j != i)) for i in ACTING]
+
+
+def label(variant: str) -> str:
+    return f"all but `{variant[8:]}`" if variant.startswith("all-but-") else f"`{variant}`"
 
 
 def items_dir(root: Path, item: str) -> Path:
@@ -22,10 +29,10 @@ def items_dir(root: Path, item: str) -> Path:
 
 
 def run(root: Path, grid) -> int:
-    """Run (or resume) one PAT grid per official behaviour through `grid` (budget_study._grid)."""
-    for item in ITEMS:
-        code = grid(root, items_dir(root, item), [ITEMS_PAIR], ("pat",), 1,
-                    overrides=(f"distiller.faithful_items=[{item}]",))
+    """Run (or resume) one PAT grid per variant through `grid` (budget_study._grid)."""
+    for variant, items in VARIANTS:
+        code = grid(root, items_dir(root, variant), [ITEMS_PAIR], ("pat",), 1,
+                    overrides=(f"distiller.faithful_items=[{','.join(items)}]",))
         if code:
             return code
     return 0
@@ -33,7 +40,7 @@ def run(root: Path, grid) -> int:
 
 def rows(root: Path, read) -> List[Dict]:
     """One row per finished run, `item` added (read: budget_study._rows)."""
-    return [{**r, "item": item} for item in ITEMS for r in read(items_dir(root, item), 1) if r["method"] == "pat"]
+    return [{**r, "item": v} for v, _ in VARIANTS for r in read(items_dir(root, v), 1) if r["method"] == "pat"]
 
 
 def _mean(values):
@@ -67,19 +74,25 @@ def items_md(data: List[Dict], base: List[Dict]) -> str:
         return f"{mean - pat:+.2f}" + (f" (seeds {' / '.join(paired)})" if paired else "")
 
     share = {}
-    for item in ITEMS:
-        mine = [r for r in data if r["item"] == item]
+    for variant, _ in VARIANTS:
+        mine = [r for r in data if r["item"] == variant]
         if mine:
             values = [r["top1"] for r in mine]
-            share[item] = (_mean(values) - pat) / gap
-            lines.append(f"| `{item}` | {cell(values)} | {diff(mine, _mean(values))} | {share[item]:+.0%} |")
+            share[variant] = (_mean(values) - pat) / gap
+            lines.append(f"| {label(variant)} | {cell(values)} | {diff(mine, _mean(values))} | {share[variant]:+.0%} |")
     official_rows = [r for r in base if r["pair"] == pair and r["method"] == "pat-faithful"]
-    lines.append(f"| all five (PAT (official)) | {cell(ref['pat-faithful'])} | {diff(official_rows, official)} | +100% |")
+    lines.append(f"| all five (PAT (official)) | {cell(ref['pat-faithful'])} | {diff(official_rows, official)} "
+                 "| +100% |")
     found = []
-    if share:
-        top = max(share, key=share.get)
-        found.append(f"- Alone, `{top}` moves PAT by {share[top]:+.0%} of the gap between PAT and PAT (official) "
-                     f"({gap:+.2f} points); the others by {', '.join(f'{share[i]:+.0%}' for i in share if i != top) or '—'}"
-                     f" ({len(share)} of {len(ITEMS)} behaviours ran).")
+    alone = {v: x for v, x in share.items() if v in ITEMS}
+    if alone:
+        top = max(alone, key=alone.get)
+        others = ", ".join(f"`{i}` {alone[i]:+.0%}" for i in alone if i != top) or "—"
+        found.append(f"- Alone, `{top}` moves PAT by {alone[top]:+.0%} of the gap between PAT and PAT (official) "
+                     f"({gap:+.2f} points); the others: {others} ({len(alone)} of {len(ITEMS)} behaviours ran).")
+    but = {v[8:]: x for v, x in share.items() if v not in ITEMS}
+    if but:
+        found.append("- Left out one at a time from PAT (official), it keeps " + ", ".join(
+            f"{x:+.0%} of its lead without `{i}`" for i, x in but.items()) + ".")
     return "\n".join(lines) + "\n" + ("\nFindings (generated from the records):\n\n" + "\n".join(found) + "\n"
                                      if found else "")

@@ -298,8 +298,9 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
         verdicts.append(f"- The tiny leaderboard's FitNet runs (benchmarks/results/tiny/runs), feature term / CE in the "
                         f"first epoch, seed means: {min(mixer):.1f} to {max(mixer):.1f} on the {len(mixer)} Mixer-B/16 "
                         f"pairs, {min(other):.1f} to {max(other):.1f} on the {len(other)} pairs of the other teachers.")
-    return "\n".join(lines) + "\n\n" + _time_line(data) + ("\nFindings (generated from the records; gaps are differences of seed "
-                                     "means, points):\n\n" + "\n".join(verdicts) + "\n" if verdicts else "")
+    found = ("\nFindings (generated from the records; gaps are differences of seed means, points):\n\n"
+             + "\n".join(verdicts) + "\n") if verdicts else ""
+    return "\n".join(lines) + "\n\n" + _time_line(data) + found
 
 
 def table_csv(data: List[Dict]) -> str:
@@ -340,7 +341,8 @@ def plot(data: List[Dict], path: Path) -> None:
 def csv_rows(root: Path = ROOT) -> List[Dict]:
     """Every finished run of the study: the budget grids, the Mixer grid and the ablation (method
     `pat[<item>]`)."""
-    return rows(root) + mixer_rows(root) + [{**r, "method": f"pat[{r['item']}]"} for r in budget_items.rows(root, _rows)]
+    items = [{**r, "method": f"pat[{r['item']}]"} for r in budget_items.rows(root, _rows)]
+    return rows(root) + mixer_rows(root) + items
 
 
 def items_md(root: Path = ROOT) -> str:

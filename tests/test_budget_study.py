@@ -72,7 +72,9 @@ def test_plan_leaves_out_only_at_16x_and_runs_one_grid_per_pair(monkeypatch, tmp
     assert calls == [("b4", [p], bs.METHODS, ()) for p in bs.PAIRS] + [("b16", [p], m, ()) for p, m in bs.plan(16)]
     calls.clear()
     assert bs.run(tmp_path, budgets=(), mixer=False) == 0       # the ablation: one PAT grid per official behaviour
-    assert calls == [(i, [bi.ITEMS_PAIR], ("pat",), (f"distiller.faithful_items=[{i}]",)) for i in bi.ITEMS]
+    assert calls[:len(bi.ITEMS)] == [(i, [bi.ITEMS_PAIR], ("pat",), (f"distiller.faithful_items=[{i}]",)) for i in bi.ITEMS]
+    assert calls[-1] == ("all-but-last_token_cls", [bi.ITEMS_PAIR], ("pat",), (
+        "distiller.faithful_items=[se_gate_only,pe_by_batch,token_permute,teacher_train_first_step]",))
     from distillers.pat import FAITHFUL_ITEMS
     assert set(bi.ITEMS) == set(FAITHFUL_ITEMS)
 
@@ -93,15 +95,19 @@ def test_left_out_reason_holds_on_the_records():
 def test_items_table_by_hand():
     base = [row("C → D", m, 1, s, v) for m, s, v in [("pat", 0, 40.0), ("pat", 1, 42.0), ("pat-faithful", 0, 48.0),
                                                        ("pat-faithful", 1, 46.0)]]
-    data = [{**row("C → D", "pat", 1, s, v), "item": i} for i, s, v in [("se_gate_only", 0, 45.0), ("se_gate_only", 1, 45.0),
-                                                                         ("pe_by_batch", 0, 40.0)]]
+    data = [{**row("C → D", "pat", 1, s, v), "item": i} for i, s, v in [
+        ("se_gate_only", 0, 45.0), ("se_gate_only", 1, 45.0), ("pe_by_batch", 0, 40.0), ("all-but-pe_by_batch", 0, 47.0),
+        ("all-but-se_gate_only", 1, 42.5)]]
     md = bi.items_md(data, base)
     assert "| nothing (PAT, corrected) | 41.00 ± 1.41 (2) | — | — |" in md
     assert "| `se_gate_only` | 45.00 ± 0.00 (2) | +4.00 (seeds +5.00 / +3.00) | +67% |" in md
     assert "| `pe_by_batch` | 40.00 (1) | -1.00 (seeds +0.00) | -17% |" in md
     assert "| all five (PAT (official)) | 47.00 ± 1.41 (2) | +6.00 (seeds +8.00 / +4.00) | +100% |" in md
     assert ("- Alone, `se_gate_only` moves PAT by +67% of the gap between PAT and PAT (official) (+6.00 points); the "
-            "others by -17% (2 of 5 behaviours ran).") in md
+            "others: `pe_by_batch` -17% (2 of 5 behaviours ran).") in md
+    assert "| all but `se_gate_only` | 42.50 (1) | +1.50 (seeds +0.50) | +25% |" in md
+    assert ("- Left out one at a time from PAT (official), it keeps +25% of its lead without `se_gate_only`, +100% "
+            "of its lead without `pe_by_batch`.") in md
     assert bi.items_md([], base) == "No finished runs yet.\n"
     assert "no PAT and PAT (official) runs" in bi.items_md(data, base[:2])
 
@@ -205,3 +211,100 @@ def test_readme_mixer_statements_hold_on_the_records():
     assert all(gap(p, "fitnet") <= -bs.COLLAPSE and gap(p, "fitnet+norm") > -bs.COLLAPSE for p in vit)
     assert "gains on both CNN students (ResNet18 and MobileNetV2" in readme
     assert all(0 < gap(p, "fitnet+norm") < gap(p, "fitnet") for p in cnn)
+
+
+SWIN, CONVNEXT = "Swin-T → ResNet18", "ConvNeXt-T → DeiT-T"
+
+
+def test_readme_budget_statements_hold_on_the_records():
+    """README, "What it shows" under the budget table: each statement recomputed from the records."""
+    data = bs.rows(bs.ROOT)
+    if any(sum(r["budget"] == b for r in data) < bs.SEEDS * sum(len(m) for _, m in bs.plan(b)) for b in bs.BUDGETS):
+        pytest.skip("the budget grids are not complete")
+    readme = " ".join((bs.ROOT / "README.md").read_text().split())
+
+    def values(pair, method, budget):
+        return {r["seed"]: r["top1"] for r in data if (r["pair"], r["method"], r["budget"]) == (pair, method, budget)}
+
+    def mean(pair, method, budget):
+        return bs._mean(list(values(pair, method, budget).values()))
+
+    def paired(pair, method, ref, budget):
+        mine, theirs = values(pair, method, budget), values(pair, ref, budget)
+        return [mine[s] - theirs[s] for s in mine]
+
+    def gap(pair, method, ref, budget):
+        return mean(pair, method, budget) - mean(pair, ref, budget)
+
+    # PAT's deficit on Swin-T -> ResNet18
+    at16 = paired(SWIN, "pat", "kd", 16)
+    assert ("PAT is behind KD at 1× on both seeds and ahead of it at 4× on both; at 16× the seeds disagree ("
+            + " and ".join(f"{d:+.2f}" for d in at16) + ")") in readme
+    assert all(d < 0 for d in paired(SWIN, "pat", "kd", 1)) and all(d > 0 for d in paired(SWIN, "pat", "kd", 4))
+    assert min(at16) < 0 < max(at16)
+    assert "at 16× From scratch is the best method on this pair, above KD on both seeds" in readme
+    assert max(dict(bs.plan(16))[bs.PAIRS[1]], key=lambda m: mean(SWIN, m, 16)) == "vanilla"
+    assert all(d > 0 for d in paired(SWIN, "vanilla", "kd", 16))
+    # what any distiller adds
+    kd_gain = [gap(SWIN, "kd", "vanilla", b) for b in bs.BUDGETS]
+    assert (f"KD's gain over From scratch falls from {kd_gain[0]:+.2f} points at 1× to {kd_gain[1]:+.2f} at 4× and "
+            f"{kd_gain[2]:+.2f} at 16× on this pair") in readme
+    assert kd_gain[0] > kd_gain[1] > kd_gain[2]
+    teacher = {p: bs._mean([r["teacher_top1"] for r in data if r["pair"] == p and r["teacher_top1"]])
+               for p in (SWIN, CONVNEXT)}
+    assert f"every method's student, From scratch included, is above its Swin-T teacher ({teacher[SWIN]:.2f})" in readme
+    assert all(mean(SWIN, m, b) > teacher[SWIN] for b in (4, 16) for m in dict(bs.plan(b))[bs.PAIRS[1]])
+    assert f"no student reaches its teacher ({teacher[CONVNEXT]:.2f}) even at 16×" in readme
+    assert max(r["top1"] for r in data if r["pair"] == CONVNEXT) < teacher[CONVNEXT]
+    kd_conv = max(gap(CONVNEXT, "kd", "vanilla", b) for b in bs.BUDGETS)
+    assert f"KD is at most {kd_conv:.2f} points above From scratch at any budget" in readme
+    # corrected vs official
+    lead = [gap(CONVNEXT, "pat-faithful", "pat", b) for b in bs.BUDGETS]
+    assert ("the official PAT is ahead of the corrected one at every budget and on every seed ("
+            + ", ".join(f"{g:+.2f}" for g in lead[:2]) + f" and {lead[2]:+.2f} points at 1×, 4× and 16×)") in readme
+    assert all(d > 0 for b in bs.BUDGETS for d in paired(CONVNEXT, "pat-faithful", "pat", b))
+    assert lead[0] > lead[1] > lead[2] > 0
+    official, corrected = gap(CONVNEXT, "pat-faithful", "kd", 16), gap(CONVNEXT, "pat", "kd", 16)
+    assert (f"puts PAT ahead of KD at 16× ({official:+.2f}) rather than behind ({corrected:+.2f})") in readme
+    assert official > 0 > corrected
+    # the spread at 16x
+    spread = max(max(mean(p, m, 16) for m in ms) - min(mean(p, m, 16) for m in ms) for p, ms in
+                 zip((CONVNEXT, SWIN), (dict(bs.plan(16))[q] for q in bs.PAIRS)))
+    assert f"at 16× the methods of each pair end within {spread:.2f} points of each other" in readme
+    assert "On Swin-T → ResNet18 (a CNN student) the two agree within 0.1 points at 1× and 4×" in readme
+    assert all(abs(gap(SWIN, "pat-faithful", "pat", b)) <= 0.1 for b in (1, 4))
+    # the recipe behind "teachers trained for 2 epochs", and "the leaderboard's PAT column" is the corrected PAT
+    assert "With teachers trained for 2 epochs" in readme
+    record = json.loads(next((bs.ROOT / "runs" / "b16").glob("tiny/*/pat/seed0/result.json")).read_text())
+    assert {record["config"]["teacher_config"][f]["epochs"] for f in ("cnn", "vit_mlp")} == {2}
+    assert "kdbench's corrected PAT, the leaderboard's PAT column, scores below the official code's behaviour" in readme
+    tiny_pat = [json.loads(f.read_text()) for f in bs.TINY_RUNS.glob("tiny/*/pat/seed*/result.json")]
+    assert len(tiny_pat) >= 12 and not any(r["config"]["distiller"]["faithful"] for r in tiny_pat)
+
+
+def test_readme_items_statements_hold_on_the_records():
+    """README, "What it shows" under the ablation's table: each statement recomputed from the records."""
+    data = bi.rows(bs.ROOT, bs._rows)
+    if {r["item"] for r in data} != {v for v, _ in bi.VARIANTS}:
+        pytest.skip("the ablation is not complete")
+    base = [r for r in bs._rows(bs.budget_dir(bs.ROOT, 1), 1) if r["pair"] == CONVNEXT]
+    readme = " ".join((bs.ROOT / "README.md").read_text().split())
+
+    def by_seed(rows_, key, value):
+        return {r["seed"]: r["top1"] for r in rows_ if r[key] == value}
+
+    pat, official = by_seed(base, "method", "pat"), by_seed(base, "method", "pat-faithful")
+    lead = bs._mean(list(official.values())) - bs._mean(list(pat.values()))
+    share = {v: (bs._mean(list(by_seed(data, "item", v).values())) - bs._mean(list(pat.values()))) / lead
+             for v, _ in bi.VARIANTS}
+    alone = max(share[i] for i in bi.ITEMS)
+    assert f"Alone, each moves the corrected PAT by at most {alone:+.0%} of the lead" in readme and alone < 0.5
+    assert "`pe_by_batch` and `last_token_cls` alone cost it points" in readme
+    assert share["pe_by_batch"] < 0 and share["last_token_cls"] < 0
+    kept = max(share[f"all-but-{i}"] for i in bi.ACTING)
+    assert f"any one of the three that act here takes at least {1 - kept:.0%} of the lead with it" in readme
+    assert kept < 0.5
+    assert "leave both seeds' runs exactly as the corrected PAT's" in readme
+    assert all(by_seed(data, "item", i) == pat for i in set(bi.ITEMS) - set(bi.ACTING))
+    assert all(by_seed(data, "item", i) != pat for i in bi.ACTING)
+    assert "the combined lead holds on both seeds" in readme and all(official[s] > pat[s] for s in pat)
