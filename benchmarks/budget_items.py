@@ -21,7 +21,7 @@ VARIANTS = [(i, (i,)) for i in ITEMS] + [(f"all-but-{i}", tuple(j for j in ITEMS
 
 
 def label(variant: str) -> str:
-    return f"all but `{variant[8:]}`" if variant.startswith("all-but-") else f"`{variant}`"
+    return f"all but `{variant.removeprefix('all-but-')}`" if variant.startswith("all-but-") else f"`{variant}`"
 
 
 def items_dir(root: Path, item: str) -> Path:
@@ -43,10 +43,6 @@ def rows(root: Path, read) -> List[Dict]:
     return [{**r, "item": v} for v, _ in VARIANTS for r in read(items_dir(root, v), 1) if r["method"] == "pat"]
 
 
-def _mean(values):
-    return statistics.fmean(values) if values else None
-
-
 def items_md(data: List[Dict], base: List[Dict]) -> str:
     """Markdown: PAT with one official behaviour at a time against PAT (corrected) and PAT (official), the
     latter two from `base` (the 1x grid's rows of the same pair), and how much of the gap each closes."""
@@ -56,14 +52,14 @@ def items_md(data: List[Dict], base: List[Dict]) -> str:
     ref = {m: [r["top1"] for r in base if r["pair"] == pair and r["method"] == m] for m in ("pat", "pat-faithful")}
     if not all(ref.values()):
         return "The 1× grid has no PAT and PAT (official) runs on this pair yet.\n"
-    pat, official = _mean(ref["pat"]), _mean(ref["pat-faithful"])
+    pat, official = statistics.fmean(ref["pat"]), statistics.fmean(ref["pat-faithful"])
     gap = official - pat
     lines = [f"**{pair}**, 1× (top-1 %, final epoch, mean ± std over seeds (n))", "",
              "| PAT with | top-1 | − PAT | share of PAT (official) − PAT |", "|---|---|---|---|"]
 
     def cell(values):
         sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{_mean(values):.2f}{sd} ({len(values)})"
+        return f"{statistics.fmean(values):.2f}{sd} ({len(values)})"
 
     lines.append(f"| nothing (PAT, corrected) | {cell(ref['pat'])} | — | — |")
     by_seed = {r["seed"]: r["top1"] for r in base if r["pair"] == pair and r["method"] == "pat"}
@@ -78,8 +74,9 @@ def items_md(data: List[Dict], base: List[Dict]) -> str:
         mine = [r for r in data if r["item"] == variant]
         if mine:
             values = [r["top1"] for r in mine]
-            share[variant] = (_mean(values) - pat) / gap
-            lines.append(f"| {label(variant)} | {cell(values)} | {diff(mine, _mean(values))} | {share[variant]:+.0%} |")
+            mean = statistics.fmean(values)
+            share[variant] = (mean - pat) / gap
+            lines.append(f"| {label(variant)} | {cell(values)} | {diff(mine, mean)} | {share[variant]:+.0%} |")
     official_rows = [r for r in base if r["pair"] == pair and r["method"] == "pat-faithful"]
     lines.append(f"| all five (PAT (official)) | {cell(ref['pat-faithful'])} | {diff(official_rows, official)} "
                  "| +100% |")
@@ -90,7 +87,7 @@ def items_md(data: List[Dict], base: List[Dict]) -> str:
         others = ", ".join(f"`{i}` {alone[i]:+.0%}" for i in alone if i != top) or "—"
         found.append(f"- Alone, `{top}` moves PAT by {alone[top]:+.0%} of the gap between PAT and PAT (official) "
                      f"({gap:+.2f} points); the others: {others} ({len(alone)} of {len(ITEMS)} behaviours ran).")
-    but = {v[8:]: x for v, x in share.items() if v not in ITEMS}
+    but = {v.removeprefix("all-but-"): x for v, x in share.items() if v not in ITEMS}
     if but:
         found.append("- Left out one at a time from PAT (official), it keeps " + ", ".join(
             f"{x:+.0%} of its lead without `{i}`" for i, x in but.items()) + ".")

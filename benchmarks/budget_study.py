@@ -18,7 +18,6 @@ regenerates the files).
 import argparse
 import csv
 import io
-import json
 import os
 import statistics
 import sys
@@ -51,12 +50,6 @@ def plan(budget) -> List[tuple]:
     """[(pair, methods)] the study runs at `budget`: every pair x method, less LEFT_OUT."""
     skip = LEFT_OUT.get(budget, set())
     return [(pair, tuple(m for m in METHODS if (pair, m) not in skip)) for pair in PAIRS]
-
-
-def planned_methods(budget) -> Dict[str, set]:
-    """{pair as displayed (paper names): methods planned at `budget`}."""
-    from kdbench.leaderboard import model_display
-    return {" → ".join(model_display(n) for n in pair.split(":")): set(methods) for pair, methods in plan(budget)}
 
 
 def budget_dir(root: Path, budget) -> Path:
@@ -99,12 +92,11 @@ def _rows(folder: Path, budget) -> List[Dict]:
     for row in collect(folder, "tiny", finished_only=True).rows:
         for name, cell in row.cells.items():
             for seed in sorted(cell.values):
-                record = json.loads((cell.dirs[seed] / "result.json").read_text())
                 epochs = (r["loss"] for r in read_metrics(cell.dirs[seed]) if r.get("kind") == "epoch")
-                out.append({"pair": row.display, "method": name, "method_display": method_display(name),
-                            "budget": budget, "seed": seed, "top1": cell.values[seed],
-                            "teacher_top1": record.get("teacher_top1"), "wall_s": record.get("wall_s"),
-                            "first_epoch_loss": next(epochs, {})})
+                out.append({"pair": row.display, "pair_key": f"{row.paper_teacher}:{row.paper_student}",
+                            "method": name, "method_display": method_display(name), "budget": budget,
+                            "seed": seed, "top1": cell.values[seed], "teacher_top1": row.teacher_top1,
+                            "wall_s": cell.costs.get("wall_s", {}).get(seed), "first_epoch_loss": next(epochs, {})})
     return out
 
 
@@ -231,10 +223,14 @@ def findings(data: List[Dict]) -> str:
                 if means:
                     above.append(f"{sum(v > teacher for v in means.values())} of {len(means)} at {b:g}×")
             out.append(f"- {pair}: methods whose mean is above the teacher's {teacher:.2f}: {', '.join(above)}.")
+
         def ran(b):
             return {m for (m, b2, s) in top1 if b2 == b}
-        # the largest budget at which every planned method of the pair ran (all of them where the plan does not know it)
-        complete = [b for b in budgets if planned_methods(b).get(pair, {m for (m, _, _) in top1}) <= ran(b)]
+
+        # the largest budget at which every method the plan has for the pair ran (every method of the pair
+        # where the plan does not know it)
+        key = next((r.get("pair_key") for r in data if r["pair"] == pair), None)
+        complete = [b for b in budgets if set(dict(plan(b)).get(key, {m for (m, _, _) in top1})) <= ran(b)]
         top = max(complete, default=None)
         at_top = {m: _mean([v for (m2, b, _), v in top1.items() if m2 == m and b == top]) for m in ran(top)}
         if top is not None:
