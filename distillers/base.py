@@ -1,5 +1,7 @@
 """The Distiller base class: a student, a frozen teacher, and named weighted losses."""
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional
 
@@ -7,7 +9,7 @@ import torch
 from torch import nn
 
 from kdbench.models import FeatureModel
-from kdbench.validators import check
+from kdbench.validators import check, non_negative, positive
 
 
 @dataclass
@@ -17,9 +19,23 @@ class NoConfig:
 
 @dataclass
 class TaskConfig:
-    """Weight of the ground-truth loss; every distiller config extends this."""
+    """Weight of the ground-truth loss; every distiller config extends this.
+
+    Its checks hold for every method and task, so subclasses call `super().__post_init__()` first:
+    numbers are finite, loss weights (fields named `*weight`) are >= 0, a `temperature` is > 0."""
 
     gt_weight: float = 1.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            check(math.isfinite(value), f"distiller.{f.name}", value, "a finite number")
+            if f.name.endswith("weight"):
+                non_negative(f"distiller.{f.name}", value)
+            elif f.name == "temperature":
+                positive(f"distiller.{f.name}", value)
 
 
 def check_stages(stages, name="stages"):

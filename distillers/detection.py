@@ -90,6 +90,7 @@ class DetectionDKDConfig(TaskConfig):
     logit_standardization: bool = opt_in(False)
 
     def __post_init__(self):
+        super().__post_init__()
         positive("distiller.temperature", self.temperature)
 
 

@@ -22,6 +22,7 @@ class DKDConfig(TaskConfig):
     logit_standardization: bool = opt_in(False)   # LSKD: z-score both sides' logits first
 
     def __post_init__(self):
+        super().__post_init__()
         positive("distiller.temperature", self.temperature)
         non_negative("distiller.warmup_epochs", self.warmup_epochs)
 

@@ -31,6 +31,7 @@ class FitNetConfig(TaskConfig):
     target_norm: bool = opt_in(False)
 
     def __post_init__(self):
+        super().__post_init__()
         check_stages(self.stages)
         positive("distiller.temperature", self.temperature)
 

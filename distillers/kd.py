@@ -19,6 +19,7 @@ class KDConfig(TaskConfig):
     logit_standardization: bool = opt_in(False)   # LSKD: z-score both sides' logits first
 
     def __post_init__(self):
+        super().__post_init__()
         positive("distiller.temperature", self.temperature)
 
 

@@ -92,6 +92,44 @@ def hcl_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
     return loss / total
 
 
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 1.0, gamma: float = 1.0,
+              temperature: float = 1.0) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022), as in the OFA-KD/RSD code: on p = softmax(z / T),
+    beta * T^2 * (1 - mean Pearson correlation of the rows: inter-class relation of each sample)
+    + gamma * T^2 * (1 - mean Pearson correlation of the columns: intra-class relation over the batch).
+    The correlation is the cosine of the centred vectors with 1e-8 added to the product of the norms."""
+    t = temperature
+    p_s = F.softmax(_at_least_fp32(student_logits) / t, dim=1)
+    p_t = F.softmax(_at_least_fp32(teacher_logits) / t, dim=1)
+    inter = 1 - _pearson_rows(p_s, p_t).mean()
+    intra = 1 - _pearson_rows(p_s.t(), p_t.t()).mean()
+    return (beta * inter + gamma * intra) * (t * t)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+RSD_EPS = 1e-5         # RSD's official epsilon, added to the batch standard deviation
+
+
+def rsd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, kappa: float = 0.01) -> torch.Tensor:
+    """RSD's redundancy-suppression loss (Zhang et al., ICCV 2025): both (B, D) features standardised
+    over the batch (biased std + RSD_EPS), cross-correlation C = Z_t^T Z_s / B, then the sum of
+    (C - I)^2 with the off-diagonal terms times `kappa` (invariance on the diagonal, decorrelation
+    off it). `student_feat` is the projected student feature, of the teacher's width."""
+    z_s, z_t = _standardize_batch(_at_least_fp32(student_feat)), _standardize_batch(_at_least_fp32(teacher_feat))
+    c = z_t.t() @ z_s / z_s.shape[0]
+    eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    sq = (c - eye).pow(2)
+    return kappa * sq.sum() + (1 - kappa) * sq.diagonal().sum()
+
+
+def _standardize_batch(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(dim=0)) / (x.std(dim=0, unbiased=False) + RSD_EPS)
+
+
 def hard_target(target: torch.Tensor) -> torch.Tensor:
     """Class indices from indices or from soft (mixup, smoothed) label rows."""
     return target.argmax(dim=1) if target.dtype.is_floating_point else target

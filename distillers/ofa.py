@@ -2,9 +2,11 @@
 the teacher's logits with the target-enhanced OFA loss (algorithms.md §2.5)."""
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Tuple
 
 import torch
+from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -31,14 +33,19 @@ class OFAConfig(TaskConfig):
     paper_form: bool = False
     final_grid: int = 7          # token branches merge down to about this grid (OFA: 7)
     branch_heads: int = 4
+    # The token branches' LayerNorm eps: the official code's timm 0.6.5 built its ViT blocks with
+    # torch's LayerNorm (1e-5); timm 1.x's default is 1e-6. Hashed: records without it ran with 1e-6.
+    branch_norm_eps: float = 1e-5
     logit_standardization: bool = opt_in(False)   # LSKD: z-score student (branch) and teacher logits
 
     def __post_init__(self):
+        super().__post_init__()
         check_stages(self.stages)
         check(len(self.eps) in (1, len(self.stages) + 1), "distiller.eps", list(self.eps),
               f"1 or {len(self.stages) + 1} values (one per stage, then the logits)")
         positive("distiller.temperature", self.temperature)
         at_least("distiller.final_grid", self.final_grid, 1)
+        positive("distiller.branch_norm_eps", self.branch_norm_eps)
 
     def eps_of(self, k: int) -> float:
         """eps of branch k (0-based), or of the logits for k == len(stages)."""
@@ -75,12 +82,23 @@ class MapBranch(nn.Module):
         return self.head(self.body(x))
 
 
+def vit_block(width: int, heads: int, norm_eps: float = 1e-5) -> Block:
+    """timm's ViT block with every default pinned to what the official OFA-KD code got from timm 0.6.5,
+    so that a timm upgrade cannot change OFA silently: torch LayerNorm (eps 1e-5), exact GELU, MLP
+    ratio 4, no qkv bias, no q/k norm, projection bias, no layer scale, no dropout or drop-path."""
+    return Block(dim=width, num_heads=heads, mlp_ratio=4.0, qkv_bias=False, qk_norm=False, proj_bias=True,
+                 proj_drop=0.0, attn_drop=0.0, init_values=None, drop_path=0.0,
+                 act_layer=partial(nn.GELU, approximate="none"), norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+                 mlp_layer=Mlp)
+
+
 class TokenBranch(nn.Module):
     """Token student: prefix tokens kept aside while the grid is 2x2-merged down to about
     `final_grid` (first merge to D_s), then max(4 - stage, 1) ViT blocks of width D_s; the
     feature is the first prefix (cls) token, or the token mean when there is none."""
 
-    def __init__(self, spec, stage: int, width: int, num_classes: int, final_grid: int, heads: int):
+    def __init__(self, spec, stage: int, width: int, num_classes: int, final_grid: int, heads: int,
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.spec = spec
         n = merges_to(min(spec.grid), final_grid)
@@ -90,7 +108,7 @@ class TokenBranch(nn.Module):
         self.proj = nn.Linear(spec.channels, width) if n == 0 and spec.channels != width else nn.Identity()
         self.prefix_proj = (nn.Linear(spec.channels, width) if spec.prefix_tokens and spec.channels != width
                             else nn.Identity())
-        self.blocks = nn.Sequential(*[Block(dim=width, num_heads=heads) for _ in range(max(4 - stage, 1))])
+        self.blocks = nn.Sequential(*[vit_block(width, heads, norm_eps) for _ in range(max(4 - stage, 1))])
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
@@ -124,7 +142,7 @@ class OFA(Distiller):
                 branch = MapBranch(spec, s, width, num_classes)
             else:
                 branch = TokenBranch(spec, s, student.num_features, num_classes, cfg.final_grid,
-                                     cfg.branch_heads)
+                                     cfg.branch_heads, cfg.branch_norm_eps)
             branch.apply(init_weights)
             self.branches[str(s)] = branch
 

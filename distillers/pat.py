@@ -73,6 +73,7 @@ class PATConfig(TaskConfig):
     ITEMS = FAITHFUL_ITEMS          # the official behaviours this task's PAT can reproduce
 
     def __post_init__(self):
+        super().__post_init__()
         check_stages(self.afp_stages, "afp_stages")
         n, per_level = self.LEVELS, self.num_queries // self.LEVELS
         p = math.isqrt(max(per_level, 0))

@@ -38,6 +38,7 @@ class ReviewKDConfig(TaskConfig):
     stages: Tuple[int, ...] = (1, 2, 3, 4)
 
     def __post_init__(self):
+        super().__post_init__()
         check_stages(self.stages)
         if self.mid_channels is not None:
             at_least("distiller.mid_channels", self.mid_channels, 1)

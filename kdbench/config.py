@@ -53,9 +53,10 @@ class RecipeConfig:
     log_every: int = unhashed(0)     # steps per training-curve point (metrics file); 0 = about 50 per run
     budget: float = opt_in(1.0)      # training budget: a grid scales epochs and warm-ups by it (grid.at_budget)
     milestones: Tuple[float, ...] = opt_in(())   # multistep: x step_gamma at these fractions of training
+    eval_every: int = opt_in(1)      # epochs between test-set evaluations; the final epoch is always evaluated
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs", "eval_every"):
             at_least(f"recipe.{name}", getattr(self, name), 1)
         one_of("recipe.optimizer", self.optimizer, OPTIMIZERS)
         one_of("recipe.schedule", self.schedule, SCHEDULES)

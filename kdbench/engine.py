@@ -337,11 +337,7 @@ class Trainer:
         r = self.run.recipe
         while self.epoch < r.epochs:
             losses, lr, ips = self.train_epoch()
-            self.distiller.eval()
-            metrics = self.task.evaluate(self.distiller.student, self.eval_loader, self.device, self.autocast)
-            if self.ema is not None:
-                ema = self.task.evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
-                metrics.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
+            metrics = self.evaluate_if_due()
             self.epoch += 1
             row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(ips, 1),
                    "loss": {k: round(v, 6) for k, v in losses.items()}, **metrics}
@@ -349,12 +345,26 @@ class Trainer:
             wall = self.wall_before + time.perf_counter() - t0
             self.save_checkpoint(wall)
             self.write_metrics()
+            scored = f"{self.run.metric} {metrics[self.run.metric]:.2f}  " if metrics else ""
             self.log(f"  {self.label} epoch {self.epoch}/{r.epochs}  loss {sum(losses.values()):.4f}  "
-                     f"{self.run.metric} {metrics[self.run.metric]:.2f}  {ips:.0f} img/s  {wall:.0f}s")
+                     f"{scored}{ips:.0f} img/s  {wall:.0f}s")
             self.on_epoch()
             if self._stop_agreed() and self.epoch < r.epochs:
                 raise Interrupted(f"stopped after epoch {self.epoch}; checkpoint saved")
         return self.record(self.wall_before + time.perf_counter() - t0)
+
+    def evaluate_if_due(self) -> Dict[str, float]:
+        """The test-set metrics after the epoch now ending, or {} where `recipe.eval_every` skips it (the
+        final epoch is always scored): long runs of small students spend most of their time evaluating."""
+        r, ending = self.run.recipe, self.epoch + 1
+        if ending % r.eval_every and ending < r.epochs:
+            return {}
+        self.distiller.eval()
+        metrics = self.task.evaluate(self.distiller.student, self.eval_loader, self.device, self.autocast)
+        if self.ema is not None:
+            ema = self.task.evaluate(self.ema.model, self.eval_loader, self.device, self.autocast)
+            metrics.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
+        return metrics
 
     def write_metrics(self):
         if self.dist.is_main:

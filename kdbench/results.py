@@ -148,9 +148,10 @@ class RunRecord:
              student_params: int, extra_params: int, world_size: int, device: torch.device,
              train_flops_per_img: Optional[float] = None) -> "RunRecord":
         """The record of a finished run (`run`: its RunConfig; `history`: its evaluation rows, one per
-        epoch, each with the task's `metric`)."""
+        epoch, each scored epoch with the task's `metric`)."""
         metric = run.metric
-        last, best = history[-1], max(history, key=lambda h: h[metric])
+        scored = [h for h in history if metric in h]      # epochs that `recipe.eval_every` skipped have no score
+        last, best = scored[-1], max(scored, key=lambda h: h[metric])
         r = run.recipe
         final = {k: v for k, v in last.items() if k not in ("kind", "epoch", "step", "lr", "img_per_s", "loss")}
         return cls(status="done", distiller=run.distiller, teacher=run.teacher, student=run.student,

@@ -25,7 +25,7 @@ CPU = torch.device("cpu")
 def smoke_run(distiller="vanilla", student="kdbench_resnet18_xs", seed=0, **recipe):
     preset = load_preset("smoke")
     data = dataclasses.replace(preset.data, synthetic_train=256, synthetic_test=64)
-    r = dataclasses.replace(preset.cnn, epochs=2, batch_size=32, eval_batch_size=64, **recipe)
+    r = dataclasses.replace(preset.cnn, **{"epochs": 2, "batch_size": 32, "eval_batch_size": 64, **recipe})
     return RunConfig(preset="smoke", teacher=student, student=student, seed=seed, distiller=distiller,
                      distiller_config=TaskConfig(), recipe=r, data=data, teacher_config=TeacherConfig())
 
@@ -239,3 +239,20 @@ def test_curve_default_keeps_about_fifty_points():
     from kdbench.curves import curve_every
     assert curve_every(0, 124) == 2 and 124 // curve_every(0, 124) == 62       # a tiny student run
     assert curve_every(0, 300 * 391) == 2346 and curve_every(0, 10) == 1 and curve_every(7, 124) == 7
+
+
+@pytest.mark.slow
+def test_eval_every_scores_only_the_due_epochs_and_the_last(tmp_path):
+    """`recipe.eval_every=2` over 3 epochs: epochs 2 and 3 are scored (3 is the last), epoch 1 only
+    logs its losses; the record's final and best figures come from the scored epochs, and the model
+    trained is the same as with an evaluation every epoch (evaluation draws no training randomness)."""
+    every = Trainer(smoke_run(epochs=3), tmp_path / "every", device=CPU, context=SILENT).fit()
+    run = smoke_run(epochs=3, eval_every=2)
+    sparse = Trainer(run, tmp_path / "sparse", device=CPU, context=SILENT).fit()
+    rows = [json.loads(x) for x in (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert ["top1" in r for r in epochs] == [False, True, True] and all("loss" in r for r in epochs)
+    assert sparse.top1 == every.top1 and sparse.best_epoch in (2, 3)
+    assert sparse.best_top1 == max(r["top1"] for r in epochs if "top1" in r)
+    assert run.to_dict()["recipe"]["eval_every"] == 2 and "eval_every" not in smoke_run().to_dict()["recipe"]

@@ -103,6 +103,12 @@ class FeatureModel(nn.Module):
             feats.append(final)
         return self.model.forward_head(final), feats
 
+    def pooled(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled pre-logit feature) of one pass: the feature the classifier reads (OFA-KD's
+        `feat[-1]`, "stage -1", which RSD and CRD distil), and the classifier applied to it."""
+        feature = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(feature), feature
+
     def deployable_state(self) -> Dict[str, torch.Tensor]:
         """The weights a deployed model needs (the timm model's state dict)."""
         return self.model.state_dict()
