@@ -2,6 +2,7 @@
 `kdbench` package, never through `import benchmarks`: a folder named `benchmarks` in the user's
 working directory must not shadow them."""
 
+import functools
 from pathlib import Path
 
 import yaml
@@ -16,3 +17,9 @@ def asset(*parts: str) -> Path:
 
 def read_yaml(*parts: str):
     return yaml.safe_load(asset(*parts).read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def published_data() -> dict:
+    """benchmarks/published.yaml (published top-1 per pair and method, with V/R provenance)."""
+    return read_yaml("published.yaml")

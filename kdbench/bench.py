@@ -5,15 +5,17 @@ from typing import Dict, List
 
 import torch
 
-from .data import dataset_geometry
-from .engine import (autocast_for, build_distiller, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory,
-                     train_step)
+from .assembly import build_distiller
+from .bench_data import bench_data
+from .bench_overhead import overhead_rows
+from .data import DatasetInfo, dataset_geometry
+from .engine import autocast_for, build_optimizer, param_groups, peak_memory_mb, reset_peak_memory, train_step
 from .errors import UsageError
+from .executors import Plan
 from .flops import count_step_flops, matmul_peak_tflops
-from .launch import malloc_in_use
-from .data import DatasetInfo
-from .tasks import task_of
+from .process import malloc_in_use
 from .registry import DISTILLERS, load_plugin
+from .tasks import task_of
 
 
 def _sig(x: float) -> float:
@@ -23,7 +25,6 @@ def _sig(x: float) -> float:
 
 def bench(args) -> List[Dict]:
     """One row per (pair, distiller). `steps=0` counts parameters only (nothing is trained)."""
-    from .executors import Plan
     for module in args.plugin:
         load_plugin(module)
     if args.steps < 0 or args.warmup < 0:
@@ -134,8 +135,6 @@ def format_rows(rows: List[Dict]) -> str:
 
 
 def _bench_data(args) -> List[Dict]:
-    from .bench_data import bench_data
-    from .executors import Plan
     plan = Plan.build(preset=args.preset, pairs="all", distillers=[], overrides=args.overrides, device=args.device)
     batch = args.batch_size or plan.preset.cnn.batch_size
     return bench_data(plan.data, batch_size=batch, batches=max(args.steps, 1), device=plan.device,
@@ -143,8 +142,6 @@ def _bench_data(args) -> List[Dict]:
 
 
 def _bench_overhead(args) -> List[Dict]:
-    from .bench_overhead import overhead_rows
-    from .executors import Plan
     if args.steps < 1 or args.rounds < 1:
         raise UsageError(f"--overhead needs --steps >= 1 and --rounds >= 1, got {args.steps} and {args.rounds}")
     plan = Plan.build(preset=args.preset, pairs=args.pair, distillers=DISTILLERS.parse(args.distillers), seeds="0,",

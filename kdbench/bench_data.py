@@ -8,6 +8,8 @@ import time
 from typing import Dict, List
 
 import torch
+from PIL import Image
+from torchvision import transforms as T
 
 from .data import build_loaders, load_dataset
 
@@ -46,7 +48,6 @@ def _iterate(loader, batches: int):
 
 
 def _iterate_torchvision(cfg, batch_size, batches, device, workers):
-    from torchvision import transforms as T
 
     ds = load_dataset(cfg)
     native = ds.train_images.shape[-1]
@@ -76,7 +77,6 @@ class _PILDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        from PIL import Image
         img = self.images[i]
         pil = Image.fromarray(img[0].numpy(), mode="L") if img.shape[0] == 1 else \
             Image.fromarray(img.permute(1, 2, 0).numpy(), mode="RGB")

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from .context import SILENT
 from .curves import CurveLog, curve_every
 from .data import DatasetInfo, dataset_geometry, dataset_sizes
-from .engine import Trainer, autocast_for, build_distiller, build_optimizer, param_groups
+from .assembly import build_distiller
+from .engine import Trainer, autocast_for, build_optimizer, param_groups
 from .errors import UsageError
 from .models import create_model
 from .tasks import task_of

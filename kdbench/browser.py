@@ -48,7 +48,7 @@ class Browser:
         self.close()
 
     def _start(self):
-        import websocket
+        import websocket      # deferred: websocket-client is the test extra, needed only to drive Chromium
         self.profile = tempfile.mkdtemp(prefix="kdbench-chromium-")
         args = [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
                 f"--user-data-dir={self.profile}", "--hide-scrollbars", f"--window-size={self.width},{self.height}"]

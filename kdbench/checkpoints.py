@@ -15,6 +15,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .errors import UsageError
 
@@ -43,8 +45,6 @@ def read_weights(path: Path, *, use_ema: bool = False) -> Tuple[Dict[str, torch.
 
 
 def _read_safetensors(path: Path):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -8,9 +8,23 @@ import os
 import sys
 from typing import List
 
-from . import __version__
+import timm
+
+from . import __version__, distributed
+from .bench import bench, format_rows
+from .bench_overhead import format_overhead
+from .config import load_preset, preset_names
 from .context import LOCAL, RunContext
+from .dry_run import execute_dry_run
 from .errors import UsageError
+from .executors import LocalExecutor, Plan, RayExecutor, WorkersExecutor
+from .grid import pair_sets
+from .models import zoo  # noqa: F401 (registers kdbench's members with timm, for `list models`)
+from .plan import cmd_plan as plan
+from .registry import DISTILLERS, load_plugin
+from .report import add_parser as add_leaderboard, cmd_leaderboard as leaderboard, collect, emit, render
+from .teachers import teacher_table
+from .viz import cmd_viz as viz
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     teach = sub.add_parser("teach", help="train, verify and cache the teachers of the pairs")
     common(teach)
 
-    from .report import add_parser as add_leaderboard
     add_leaderboard(sub)
 
     plan = sub.add_parser("plan", help="a grid's cells with training FLOPs and projected GPU-hours, before it runs")
@@ -114,8 +127,6 @@ def main(argv: List[str] = None) -> int:
 
 # -- list ---------------------------------------------------------------------------------
 def cmd_list(args) -> int:
-    from .config import load_preset, preset_names
-    from .registry import DISTILLERS, load_plugin
     for module in args.plugin:
         load_plugin(module)
     if args.what == "distillers":
@@ -127,7 +138,6 @@ def cmd_list(args) -> int:
         rows = [{"name": n, "description": load_preset(n).description.strip()} for n in preset_names()]
         _emit(rows, args.json, lambda r: f"{r['name']:8s} {r['description']}")
     elif args.what == "pairs":
-        from .grid import pair_sets
         preset = load_preset(args.preset)
         rows = []
         for set_name, pairs in pair_sets().items():
@@ -140,8 +150,6 @@ def cmd_list(args) -> int:
                                  "paper_teacher": p.teacher, "paper_student": p.student})
         _emit(rows, args.json, lambda r: f"{r['teacher']:32s} -> {r['student']:32s} [{r['set']}]")
     else:
-        import timm
-        from .models import zoo  # noqa: F401
         preset = load_preset(args.preset)
         rows = [{"name": n, "paper_model": k} for k, n in sorted(preset.models.items())]
         rows += [{"name": n, "paper_model": None} for n in timm.list_models("kdbench_*")
@@ -160,8 +168,6 @@ def _emit(rows, as_json, fmt):
 
 # -- run / teach ---------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from .executors import LocalExecutor, Plan, RayExecutor, WorkersExecutor
-    from .registry import DISTILLERS
     names = DISTILLERS.parse(args.distiller)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
@@ -170,7 +176,6 @@ def cmd_run(args) -> int:
         if args.workers > 1 or args.executor == "ray" or args.fresh or torchrun:
             raise UsageError("--dry-run measures one process on this device; it cannot be combined with --workers, "
                              "--executor ray, --fresh or torchrun")
-        from .dry_run import execute_dry_run
         return execute_dry_run(Plan.from_args(args, names), args.dry_steps)
     if args.workers > 1 and (args.fresh or args.executor == "ray" or torchrun):
         raise UsageError("--workers > 1 runs the local executor in one process per worker; it cannot be "
@@ -189,8 +194,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_teach(args) -> int:
-    from .executors import LocalExecutor, Plan
-    from .teachers import teacher_table
     with _context(args.device) as context:
         manifests = LocalExecutor(context).teach(Plan.from_args(args, [], context.dist))
         if context.dist.is_main:
@@ -201,7 +204,6 @@ def cmd_teach(args) -> int:
 @contextlib.contextmanager
 def _context(device: str):
     """This process's run context: under torchrun, joined to its process group for the block."""
-    from . import distributed
     try:
         yield RunContext(dist=distributed.init_from_env(device))
     finally:
@@ -210,7 +212,6 @@ def _context(device: str):
 
 def print_leaderboard(plan, context: RunContext = LOCAL):
     """The grid ends with the leaderboard of its preset (every record under --out, not only this grid's)."""
-    from .report import collect, emit, render
     try:
         emit(render(collect(plan.out, plan.preset.name), "md"))
     except UsageError as exc:             # nothing finished yet: say so, the grid's status stands
@@ -218,25 +219,20 @@ def print_leaderboard(plan, context: RunContext = LOCAL):
 
 
 def cmd_plan(args) -> int:
-    from .plan import cmd_plan as plan
     return plan(args)
 
 
 def cmd_viz(args) -> int:
-    from .viz import cmd_viz as viz
     return viz(args)
 
 
 def cmd_leaderboard(args) -> int:
-    from .report import cmd_leaderboard as leaderboard
     return leaderboard(args)
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, format_rows
     rows = bench(args)
     if args.overhead and not args.json:
-        from .bench_overhead import format_overhead
         print(format_overhead(rows))
     elif args.data and not args.json:
         for r in rows:

@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import torch
 import yaml
 
 from .assets import asset
-from .detection.config import DetectorConfig
 from .data import DataConfig
+from .detection.config import DetectorConfig
 from .errors import UsageError, unknown_choice, user_error
 from .models.zoo import member_definition
+from .registry import DISTILLERS
 from .student_init import StudentInitConfig
 from .validators import (at_least, in_range, is_hashed, non_negative, omitted_at_default, one_of, opt_in, positive,
                          unhashed)
@@ -76,7 +78,6 @@ class RecipeConfig:
     def precision_on(self, device) -> str:
         """The arithmetic of a run on `device`: bf16 autocast where the recipe asks for AMP and the
         device supports it (CUDA), else fp32. It is part of the run's configuration (and hash)."""
-        import torch
         if self.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
         return "fp32"
@@ -178,7 +179,6 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         """The inverse of `to_dict(full=True)`; from `to_dict()`, unhashed fields take their defaults
         (the same hash). The distiller's config class comes from the registry."""
-        from .registry import DISTILLERS
         raw = {k: v for k, v in d.items() if k != "models"}
         method = dict(raw.pop("distiller"))
         name = method.pop("name")

@@ -17,8 +17,9 @@ from .context import LOCAL, SILENT, RunContext
 from .data import dataset_sizes
 from .engine import Trainer, lr_at, peak_memory_mb, train_step
 from .errors import UsageError
+from .process import versions
 from .registry import DISTILLERS
-from .results import SCHEMA, atomic_write_json, versions
+from .results import SCHEMA, atomic_write_json
 from .tasks import task_of
 from .teachers import get_teacher
 

@@ -10,21 +10,19 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .assembly import build_distiller
+from .config import RecipeConfig, RunConfig
 from .context import LOCAL, RunContext
 from .curves import CurveLog, curve_every, merged_metrics
-from .memory import peak_memory_mb, reset_peak_memory
-from .config import RecipeConfig, RunConfig
-from .data import DatasetInfo
 from .errors import UsageError
 from .flops import run_flops
+from .memory import peak_memory_mb, reset_peak_memory
 from .models import FeatureModel
-from .registry import DISTILLERS
-from .tasks import CLASSIFICATION, task_of
 from .results import CHECKPOINT, RunRecord, atomic_torch_save, write_metrics
-from .student_init import load_student_init, student_file
+from .tasks import CLASSIFICATION, task_of
 
 STOP_CHECK_EVERY = 25                         # DDP: training steps between the collectives that agree on a stop
 
@@ -35,16 +33,6 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(Exception):
     """A stop was requested (SIGINT/SIGTERM): a checkpoint of the last finished step was saved."""
-
-
-def make_criterion(label_smoothing: float) -> Callable:
-    """CE with label smoothing for hard labels; soft-target CE for mixup/cutmix targets."""
-    def criterion(logits, target):
-        logits = logits.float()
-        if target.dtype.is_floating_point:
-            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    return criterion
 
 
 def lr_at(step: int, total: int, warmup: int, r: RecipeConfig) -> float:
@@ -132,26 +120,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size: int,
-                    teacher: Optional[FeatureModel], device: torch.device):
-    """The run's distiller on `device`: a fresh student seeded by the run seed (so seeds pair across
-    distillers; its backbone loaded from a checkpoint where `run.student_init` says), the given frozen teacher, channels_last where the recipe and family want it."""
-    cls = DISTILLERS.get(run.distiller, run.task)
-    if cls.requires_teacher and teacher is None:
-        raise UsageError(f"distiller '{run.distiller}' needs a teacher")
-    torch.manual_seed(run.seed)
-    student = task_of(run.task).model(run.student, DatasetInfo("", num_classes, in_chans, img_size, 0, 0, ""), run)
-    if run.student_init.source == "checkpoint":      # e.g. ImageNet weights for a detector's backbone
-        load_student_init(getattr(student, "feature_model", student).model, student_file(run.student_init, run.student))
-    distiller = cls(student, teacher if cls.requires_teacher else None, run.distiller_config,
-                    num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
-    distiller.to(device)
-    for fm in (student, distiller.teacher):
-        if isinstance(fm, FeatureModel) and run.recipe.channels_last and fm.family.channels_last:
-            fm.to(memory_format=torch.channels_last)
-    return distiller
-
-
 def autocast_for(precision: str, device: torch.device):
     """A context factory for `precision` on `device`: training and every evaluation of a run use the
     same one, so a teacher verified later reproduces the top-1 its manifest recorded."""
@@ -207,7 +175,6 @@ class Trainer:
         self.autocast = autocast_for(run.precision, device)
         self.forward = self.distiller
         if self.dist.active:
-            from torch.nn.parallel import DistributedDataParallel
             self.forward = DistributedDataParallel(
                 self.distiller, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=self.distiller.find_unused_parameters)

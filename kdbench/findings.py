@@ -13,7 +13,10 @@ from collections import Counter
 from itertools import combinations
 from typing import List
 
+from .config import load_preset, preset_names
+from .grid import resolve_pairs
 from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, GroupStats, Table, method_display
+from .registry import DISTILLERS
 from .stats import rounded
 
 COLLAPSE = 5.0          # points below vanilla that a finding calls a collapse
@@ -72,7 +75,6 @@ def _over_pairs(table: Table) -> List[str]:
 
 
 def _level_of(name: str) -> str:
-    from .registry import DISTILLERS
     return getattr(DISTILLERS.get(name), "level", "") if name in DISTILLERS else ""
 
 
@@ -194,8 +196,6 @@ def _coverage(table: Table) -> List[str]:
 
 def _preset_pairs(preset: str) -> set:
     """The (teacher, student) run-directory names of a built-in preset's `--pairs all`."""
-    from .config import load_preset, preset_names
-    from .grid import resolve_pairs
     if preset not in preset_names():
         return set()
     p = load_preset(preset)

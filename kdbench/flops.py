@@ -13,6 +13,10 @@ from typing import Dict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .assembly import build_distiller
+from .registry import DISTILLERS
+from .tasks import task_of
+
 COUNT_BATCH = 2
 CPU = torch.device("cpu")
 
@@ -52,9 +56,6 @@ def run_flops(run, info) -> Dict[str, float]:
 
 
 def _count_run(run, info) -> Dict[str, float]:
-    from .engine import build_distiller
-    from .registry import DISTILLERS
-    from .tasks import task_of
     task = task_of(run.task)
     with torch.random.fork_rng():
         torch.manual_seed(0)

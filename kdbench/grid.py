@@ -9,8 +9,11 @@ from typing import Dict, List
 import torch
 
 from .assets import read_yaml
-from .config import Preset, RunConfig, apply_overrides, build, run_flag
+from .config import COMPILE_MIN_STEPS, Preset, RunConfig, apply_overrides, build, run_flag
+from .data import dataset_sizes
 from .errors import UsageError, unknown_choice, user_error
+from .models import recipe_kind_of
+from .registry import DISTILLERS
 
 _CPU = torch.device("cpu")
 
@@ -103,7 +106,6 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
     """One RunConfig per (pair, distiller, seed): the preset's recipe for the student's kind and its
     per-method defaults, then the `--set` overrides (validated here, before anything runs). The
     runs' precision is the recipe's on `device` (default: the CPU)."""
-    from .models import recipe_kind_of
     configs = {name: distiller_config(name, preset, overrides, distillers) for name in distillers}
     deterministic = run_flag(overrides, "deterministic")
     runs = []
@@ -130,8 +132,6 @@ def resolve_compile(flag, recipe, data, device) -> bool:
     compilation), off elsewhere; true/false as given."""
     if flag != "auto":
         return bool(flag)
-    from .config import COMPILE_MIN_STEPS
-    from .data import dataset_sizes
     steps = recipe.epochs * (dataset_sizes(data)[0] // recipe.batch_size)
     return device.type == "cuda" and steps >= COMPILE_MIN_STEPS
 
@@ -157,7 +157,6 @@ def distiller_config(name: str, preset: Preset, overrides: Dict[str, object], gr
     has it); `distiller.NAME.FIELD=v` to distiller NAME only. A bad value is a UsageError (exit 2):
     `build` and `apply_overrides` turn the config's ValueError into one.
     """
-    from .registry import DISTILLERS
     cls = DISTILLERS.get(name, preset.task)
     cfg = build(cls.Config, dict(preset.distillers.get(name, {})), f"distiller {name}")
     mine = {}

@@ -14,23 +14,14 @@ import os
 import sys
 from typing import List, Mapping, Optional
 
+from .process import ALLOCATORS
+
 TRAINING_COMMANDS = ("run", "teach", "bench")
 MALLOC_CHOICES = ("tcmalloc", "system")
 TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
-ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}   # no "large alloc" lines in the logs
-
-
-def malloc_in_use(maps: str = "/proc/self/maps") -> str:
-    """The allocator this process runs with: a preloaded one that is actually mapped, else "system"."""
-    try:
-        with open(maps) as f:
-            loaded = f.read()
-    except OSError:                    # not Linux: nothing is preloaded by kdbench
-        return "system"
-    return next((name for name in ALLOCATORS if f"lib{name}" in loaded), "system")
 
 
 def tcmalloc_library(env: Mapping[str, str] = os.environ) -> Optional[str]:
@@ -70,5 +61,5 @@ def main() -> int:
         print(f"kdbench: error: KDBENCH_MALLOC={choice!r}; choose from: {', '.join(MALLOC_CHOICES)}", file=sys.stderr)
         return 2
     reexec_under_tcmalloc(sys.argv[1:])
-    from .cli import main as cli_main
+    from .cli import main as cli_main      # deferred: the CLI loads torch, which must follow the re-exec
     return cli_main(sys.argv[1:])

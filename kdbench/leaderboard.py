@@ -13,11 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
 from . import stats
 from .across import Gain, gains_over
-from .assets import read_yaml
+from .assets import published_data, read_yaml
+from .config import load_preset, preset_names
 from .errors import UsageError, unknown_choice
+from .grid import pair_sets, resolve_pairs
+from .registry import DISTILLERS
 from .results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record_file, read_record
 
 FIRST = ("vanilla", "kd")                       # column order: these, then the rest alphabetically
@@ -205,8 +207,6 @@ def _filters(where: Path, preset: str, seed_dirs, pairs: Optional[str], distille
     """Predicates for the --pairs and --distillers restrictions (everything when not given)."""
     keep_pair = keep_distiller = lambda *_: True
     if pairs:
-        from .config import load_preset, preset_names
-        from .grid import resolve_pairs
         if preset not in preset_names():
             raise UsageError(f"--pairs needs a built-in preset's pair names; '{preset}' is not one")
         p = load_preset(preset)
@@ -270,8 +270,6 @@ def _config_without_seed(rec: RunRecord) -> str:
 
 def _pair_order(preset: str):
     """(scaled teacher, student) -> (index, Pair) in the preset's pair-set order, and scaled -> paper name."""
-    from .config import load_preset, preset_names
-    from .grid import pair_sets
     if preset not in preset_names():
         return {}, {}
     p = load_preset(preset)
@@ -325,14 +323,7 @@ def model_display(name: str) -> str:
 
 def method_display(name: str) -> str:
     """A distiller's `display_name`, else its registry name (also for distillers not loaded)."""
-    from .registry import DISTILLERS
     return (getattr(DISTILLERS.get(name), "display_name", "") or name) if name in DISTILLERS else name
-
-
-@lru_cache(maxsize=None)
-def published_data() -> dict:
-    """benchmarks/published.yaml (published top-1 per pair and method, with V/R provenance)."""
-    return read_yaml("published.yaml")
 
 
 def _attach_published(table: Table):

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def write_cifar100(root: Path, train: int = 200, test: int = 100, seed: int = 0) -> Path:
@@ -35,7 +36,6 @@ def write_imagenet(root: Path, classes: int = 1000, train_per_class: int = 1, va
                    size: int = 64, seed: int = 0) -> Path:
     """`root/{train,val}/<wnid>/*.JPEG` (the class-folder layout of the ILSVRC-2012 train and the
     re-foldered val set); `classes` folders named like WordNet ids; returns `root`."""
-    from PIL import Image
     rng = np.random.default_rng(seed)
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):

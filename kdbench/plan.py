@@ -16,12 +16,14 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .assembly import build_distiller
 from .assets import asset, read_yaml
 from .data import DatasetInfo, dataset_geometry, dataset_sizes
-from .engine import build_distiller
 from .errors import UsageError
+from .executors import Plan
 from .flops import count_step_flops
 from .registry import DISTILLERS, load_plugin
+from .results import atomic_write_json
 from .tasks import task_of
 
 CPU = torch.device("cpu")
@@ -47,7 +49,6 @@ def measured_utilisation() -> Optional[dict]:
 
 def plan(args) -> dict:
     """The grid's cells with FLOPs per step and per recipe and projected hours per GPU class."""
-    from .executors import Plan
     for module in args.plugin:
         load_plugin(module)
     names = DISTILLERS.parse(args.distiller)
@@ -156,6 +157,5 @@ def cmd_plan(args) -> int:
     p = plan(args)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     if args.json_out:
-        from .results import atomic_write_json
         atomic_write_json(Path(args.json_out), p)
     return 0

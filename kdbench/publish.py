@@ -13,10 +13,15 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
-from .errors import UsageError
+from .errors import UsageError, unknown_choice
+from .findings import render_findings
+from .html_report import render_html
 from .leaderboard import Table
 from .plots import plot_cd, plot_cost, plot_diffs, plot_pairs, png_bytes
+from .render import TEXT_FORMATS, render_text
 from .results import atomic_write_bytes, read_metrics
+
+FORMATS = TEXT_FORMATS + ("findings", "html")
 
 TEXT_FILES = {"md": "{name}.md", "csv": "{name}.csv", "latex": "{name}.latex", "json": "{name}.json",
               "findings": "{name}-findings.md", "html": "{name}.html"}
@@ -42,17 +47,26 @@ def curves(table: Table) -> Dict[str, Dict[str, List[dict]]]:
             for row in table.rows for name, cell in row.cells.items() if cell.dirs}
 
 
+def render(table: Table, fmt: str = "md") -> str:
+    """The table as md, csv, latex, json, findings (generated claims, Markdown) or html (one
+    self-contained page) text."""
+    if fmt not in FORMATS:
+        raise unknown_choice("format", fmt, FORMATS)
+    if fmt == "findings":
+        return render_findings(table)
+    if fmt == "html":
+        return render_html_report(table)
+    return render_text(table, fmt)
+
+
 def render_html_report(table: Table) -> str:
     """The self-contained HTML report: the JSON document, the figures inline and each cell's curves."""
-    from .html_report import render_html
-    from .render import render
-    return render_html(json.loads(render(table, "json")), figures=figures(table), curves=curves(table))
+    return render_html(json.loads(render_text(table, "json")), figures=figures(table), curves=curves(table))
 
 
 def publish(table: Table, directory, name: str = "") -> List[Path]:
     """Write every text format and figure of `table` into `directory` (atomically, each file); returns
     the paths written."""
-    from .render import render
     directory, name = Path(directory), name or table.preset
     written = []
     for fmt, pattern in TEXT_FILES.items():

@@ -9,20 +9,13 @@ from .across import as_dict as gain_dict, tested_count
 from .errors import unknown_choice
 from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, COSTS, Cell, Table, method_display
 
-FORMATS = ("md", "csv", "latex", "json", "findings", "html")
+TEXT_FORMATS = ("md", "csv", "latex", "json")
 
 
-def render(table: Table, fmt: str = "md") -> str:
-    """The table as md, csv, latex, json, findings (generated claims, Markdown) or html (one
-    self-contained page) text."""
-    if fmt not in FORMATS:
-        raise unknown_choice("format", fmt, FORMATS)
-    if fmt == "findings":
-        from .findings import render_findings
-        return render_findings(table)
-    if fmt == "html":
-        from .publish import render_html_report
-        return render_html_report(table)
+def render_text(table: Table, fmt: str = "md") -> str:
+    """The table as md, csv, latex or json text (every format, findings and html included: `publish.render`)."""
+    if fmt not in TEXT_FORMATS:
+        raise unknown_choice("format", fmt, TEXT_FORMATS)
     return {"md": _markdown, "csv": _csv, "latex": _latex, "json": _json}[fmt](table)
 
 

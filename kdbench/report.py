@@ -7,9 +7,11 @@
 
 import sys
 
-from .leaderboard import ALPHA, BASELINE, Cell, Row, Table, collect, published_data
+from .assets import published_data
+from .leaderboard import ALPHA, BASELINE, Cell, Row, Table, collect
 from .plots import plot_cd, plot_pairs, plot_paths
-from .render import CSV_FIELDS, FORMATS, cell_records, render
+from .publish import FORMATS, publish, render
+from .render import CSV_FIELDS, cell_records
 
 __all__ = ["ALPHA", "BASELINE", "CSV_FIELDS", "FORMATS", "Cell", "Row", "Table", "add_parser", "cell_records",
            "cmd_leaderboard", "collect", "emit", "plot_cd", "plot_pairs", "plot_paths", "published_data", "render"]
@@ -44,7 +46,6 @@ def cmd_leaderboard(args) -> int:
     table = collect(args.out, args.preset, args.reference, pairs=args.pairs, distillers=args.distillers,
                     finished_only=bool(args.publish))
     if args.publish:
-        from .publish import publish
         written = publish(table, args.publish, args.name or "")
         print(f"kdbench: wrote {len(written)} files to {args.publish}", file=sys.stderr)
         return 0

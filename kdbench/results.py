@@ -12,11 +12,8 @@ Atomic writes (temp file, fsync, rename) for everything kdbench stores.
 """
 
 import dataclasses
-import functools
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -26,9 +23,8 @@ from typing import Iterator, List, Optional, Union, get_args, get_origin, get_ty
 import timm
 import torch
 
-from . import __version__
 from .errors import UsageError
-from .launch import malloc_in_use
+from .process import versions
 
 SCHEMA = 1
 RESULT_FILE = "result.json"           # a run directory's record, written when the run ends
@@ -335,27 +331,3 @@ def _is_a(value, hint) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
-
-
-# -- provenance ----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def source_revision() -> Optional[str]:
-    """The git commit of the kdbench source tree ("+dirty" when modified), or None outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        def git(*args):
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "kdbench", "distillers", "benchmarks")
-        return git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions(device: torch.device, world_size: int = 1) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"kdbench": __version__, "source": source_revision(), "torch": torch.__version__,
-            "timm": timm.__version__, "python": platform.python_version(), "device": f"{device.type}: {name}",
-            "world_size": world_size, "malloc": malloc_in_use()}

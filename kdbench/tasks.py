@@ -12,6 +12,7 @@ import torch
 
 from .data import build_loaders
 from .data.config import DETECTION_DATASETS
+from .detection.task import DETECTION
 from .errors import UsageError
 from .models import checkpoint_filter, create_feature_model
 
@@ -87,6 +88,5 @@ CLASSIFICATION = Classification()
 def task_of(name: str):
     """The task object of a run's `task` (detection is imported only when asked for)."""
     if name == "detection":
-        from .detection.task import DETECTION
         return DETECTION
     return CLASSIFICATION

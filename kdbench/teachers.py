@@ -9,17 +9,19 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from distillers.base import TaskConfig
+
 from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
+from .context import LOCAL, RunContext
 from .data import DataConfig
 from .engine import Trainer, autocast_for
-from .tasks import task_of
 from .errors import UsageError
-from .context import LOCAL, RunContext
-from .models import FeatureModel, recipe_kind_of
 from .locks import RunLock
+from .models import FeatureModel, recipe_kind_of
+from .assets import published_data
 from .results import TeacherManifest, atomic_torch_save, read_manifest, write_manifest
-from distillers.base import TaskConfig
+from .tasks import task_of
 
 WEIGHTS = "model.pt"
 
@@ -249,7 +251,6 @@ def _evaluate_released(fm, eval_loader, run, info, path, digest, weights, paper,
 def published_check(dataset: str, paper: str, model: str, top1: float) -> dict:
     """The published top-1 of a released teacher (benchmarks/published.yaml) and a warning when the
     measured one is more than PUBLISHED_TOLERANCE points away. Empty for models no paper reports."""
-    from .report import published_data
     entry = published_data().get(dataset, {}).get("teachers", {}).get(paper)
     if entry is None or model != paper:
         return {}

@@ -6,7 +6,8 @@ import torch
 
 from .config import RecipeConfig, RunConfig, build
 from .data import DataConfig, build_loaders
-from .engine import CHECKPOINT, build_distiller, resolve_device
+from .assembly import build_distiller
+from .engine import CHECKPOINT, resolve_device
 from .errors import UsageError
 from .models import create_feature_model
 from .registry import DISTILLERS
@@ -64,7 +65,7 @@ def attention_map(run_dir: Path, device_name: str = "auto", images: int = 256):
 
 def plot_attention(attn: torch.Tensor, run: RunConfig, dcfg, path: Path):
     """Heat map of the N_q x N_q attention with the four stage blocks marked."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure      # deferred: matplotlib is heavy, and only drawing needs it
     n, per = attn.shape[0], attn.shape[0] // 4
     fig = Figure(figsize=(6.4, 5.6), dpi=120)
     ax = fig.add_subplot()

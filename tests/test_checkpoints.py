@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdbench.context import RunContext, SILENT
-from kdbench import checkpoints, report
+from kdbench import checkpoints, teachers
 from kdbench.cli import main
 from kdbench.teachers import teacher_table
 from kdbench.config import load_preset
@@ -154,8 +154,8 @@ def test_published_teacher_accuracy_check():
 
 
 def test_teacher_far_from_its_paper_warns_loudly_and_is_cached_by_sha256(tmp_path, monkeypatch):
-    real = report.published_data()
-    monkeypatch.setattr(report, "published_data", lambda: {**real, "synthetic": {
+    real = teachers.published_data()
+    monkeypatch.setattr(teachers, "published_data", lambda: {**real, "synthetic": {
         "teachers": {TEACHER: {"top1": 99.5, "src": "V"}}}})
     preset, data, tcfg = _setup(tmp_path)
     preset = dataclasses.replace(preset, models={**preset.models, TEACHER: TEACHER})

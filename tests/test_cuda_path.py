@@ -23,8 +23,8 @@ from distillers.pat import PAT
 from kdbench.context import SILENT
 from kdbench import distributed, engine
 from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
-from kdbench.engine import (STOP_CHECK_EVERY, Trainer, build_optimizer, configure_backends, make_criterion,
-                            train_step)
+from kdbench.assembly import make_criterion
+from kdbench.engine import STOP_CHECK_EVERY, Trainer, build_optimizer, configure_backends, train_step
 from kdbench.errors import UsageError
 from kdbench.models import create_feature_model
 from kdbench.registry import DISTILLERS

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from distillers.adapters import MapAligner, PatchMerging, StageAligner, merges_to, split_prefix, to_map
 from distillers.losses import dkd_loss, hcl_loss, kd_loss, ofa_loss
 from kdbench.cli import main
-from kdbench.engine import make_criterion
+from kdbench.assembly import make_criterion
 from kdbench.models import StageSpec, create_feature_model
 from kdbench.registry import DISTILLERS
 
@@ -367,7 +367,7 @@ def test_bench_passes_the_compile_flag_through(capsys):
 def test_parameter_counts_on_the_meta_device_equal_a_real_build(capsys, name):
     """`bench --steps 0` counts on the meta device (no weights); the counts are a real build's."""
     from kdbench.config import load_preset
-    from kdbench.engine import build_distiller
+    from kdbench.assembly import build_distiller
     from kdbench.grid import expand_runs, resolve_pairs
     preset = load_preset("smoke")
     pair = "kdbench_swin_t_xs:kdbench_mobilenetv2_xs"

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdbench.engine import make_criterion
+from kdbench.assembly import make_criterion
 from kdbench.models import create_feature_model
 from kdbench.registry import DISTILLERS
 

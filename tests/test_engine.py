@@ -15,7 +15,8 @@ import torch
 from distillers.base import Distiller, DistillOutput, TaskConfig
 from kdbench.context import RunContext, SILENT
 from kdbench.config import RecipeConfig, RunConfig, TeacherConfig, load_preset
-from kdbench.engine import Interrupted, NonFiniteLoss, Trainer, lr_at, make_criterion, param_groups
+from kdbench.assembly import make_criterion
+from kdbench.engine import Interrupted, NonFiniteLoss, Trainer, lr_at, param_groups
 from kdbench.models import create_feature_model
 from kdbench.registry import register_distiller
 
@@ -182,7 +183,7 @@ def test_records_name_the_source_revision(tmp_path, monkeypatch):
     builds both trees and points the module at each, so that it, not the environment, decides which
     answer is right."""
     import kdbench
-    from kdbench.results import source_revision
+    from kdbench.process import source_revision
     module = sys.modules[source_revision.__module__]           # the module whose __file__ it reads
     here = Path(module.__file__).resolve().relative_to(Path(kdbench.__file__).resolve().parents[1])
     forget = getattr(source_revision, "cache_clear", lambda: None)      # it may be cached per process

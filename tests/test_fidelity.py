@@ -13,7 +13,7 @@ from distillers.fitnet import FitNet, FitNetConfig
 from distillers.pat_prompts import PromptBlock
 from distillers.reviewkd import ReviewKD
 from kdbench.config import load_preset
-from kdbench.engine import build_distiller, make_criterion
+from kdbench.assembly import build_distiller, make_criterion
 from kdbench.grid import expand_runs, resolve_pairs
 from kdbench.models import StageSpec, create_feature_model
 

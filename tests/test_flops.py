@@ -5,7 +5,8 @@ import torch
 
 from kdbench.data import DatasetInfo
 from kdbench.detection.task import DETECTION
-from kdbench.engine import Trainer, build_distiller
+from kdbench.assembly import build_distiller
+from kdbench.engine import Trainer
 from kdbench.flops import count_step_flops, matmul_peak_tflops, run_flops
 from kdbench.tasks import CLASSIFICATION
 

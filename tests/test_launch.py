@@ -9,10 +9,17 @@ import sys
 import pytest
 
 from kdbench import launch
-from kdbench.launch import QUIET, malloc_in_use, preload_env, tcmalloc_library
+from kdbench.launch import QUIET, preload_env, tcmalloc_library
+from kdbench.process import malloc_in_use
 
 FAKE = {"KDBENCH_TCMALLOC": sys.executable}        # any existing file stands in for the library
 TCMALLOC = tcmalloc_library({})
+
+
+def test_the_entry_point_loads_no_torch_before_it_re_executes():
+    code = "import sys, kdbench.launch; print(sorted(m for m in ('torch', 'timm', 'kdbench.cli') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_training_commands_reexecute_with_tcmalloc_first_in_preload():

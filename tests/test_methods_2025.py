@@ -12,7 +12,7 @@ from distillers.losses import dist_loss, kd_loss, rsd_loss
 from distillers.ofa import OFAConfig, vit_block
 from distillers.rsd import RSDConfig, rsd_projector
 from kdbench.cli import main
-from kdbench.engine import make_criterion
+from kdbench.assembly import make_criterion
 from kdbench.models import create_feature_model
 from kdbench.registry import DISTILLERS
 

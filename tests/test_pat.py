@@ -10,7 +10,8 @@ from distillers.pat import FAITHFUL_ITEMS, PAT, PATConfig, PromptBlock, RegionPr
 from kdbench.context import RunContext, SILENT
 from kdbench.cli import main
 from kdbench.config import load_preset
-from kdbench.engine import Trainer, make_criterion, resolve_device
+from kdbench.assembly import make_criterion
+from kdbench.engine import Trainer, resolve_device
 from kdbench.grid import expand_runs, resolve_pairs
 from kdbench.models import StageSpec, create_feature_model
 

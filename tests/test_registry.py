@@ -11,7 +11,7 @@ import torch
 from distillers.base import Distiller, DistillOutput
 from distillers.kd import KD, KDConfig
 from distillers.losses import kd_loss
-from kdbench.engine import make_criterion
+from kdbench.assembly import make_criterion
 from kdbench.errors import UsageError
 from kdbench.models import create_feature_model
 from kdbench.registry import DISTILLERS, Registry, load_plugin

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import datasets, transforms as T
 
 from kdbench.errors import UsageError
 
@@ -90,8 +92,6 @@ def read_cifar(dataset: str, folder: Path) -> list:
 def read_image_folders(root: Path, img_size: int):
     """(train, val) torchvision ImageFolders of `root`/train and `root`/val with timm's ImageNet
     transforms: random-resized crop and flip for training, resize and centre crop for evaluation."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision import datasets, transforms as T
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
     train_tf = T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip()] + norm)

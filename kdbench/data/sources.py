@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import torchvision.datasets as tvd
+
 from kdbench.errors import UsageError
 
 from .config import check_name
@@ -64,8 +66,6 @@ def locate(dataset: str, root: Path) -> Optional[Path]:
 
 def _download(dataset: str, cache: Path) -> None:
     """Download `dataset` with torchvision into `cache` (raises on any failure, e.g. offline)."""
-    import torchvision.datasets as tvd
-
     cls = {"fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[dataset]
     cache.mkdir(parents=True, exist_ok=True)
     for train in (True, False):

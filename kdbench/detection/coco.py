@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from kdbench.errors import UsageError
 
@@ -153,8 +155,6 @@ def evaluate_coco(gt: Union[str, Path, dict], predictions: Sequence[dict]) -> di
     Returns {"map", "map50", "map75", "map_small", "map_medium", "map_large"} in percent; no
     predictions give 0.0 everywhere, and an area range without ground truth gives NaN (COCO's -1).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     data = _complete(load_coco_json(gt) if isinstance(gt, (str, Path)) else copy.deepcopy(gt))
     if not predictions:

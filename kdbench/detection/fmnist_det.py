@@ -20,7 +20,10 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from kdbench.data.readers import read_fashion
+from kdbench.data.sources import locate, resolve_root
 from kdbench.errors import UsageError, unknown_choice
 
 SOURCES = ("fashion-mnist", "synthetic")
@@ -113,8 +116,6 @@ def _item_source(source: str, split: str, data_root: Optional[str]) -> Callable:
             label = int(rng.integers(10))
             return glyph(label, rng), label
         return draw_glyph
-    from kdbench.data.readers import read_fashion
-    from kdbench.data.sources import locate, resolve_root
 
     x_tr, y_tr, x_te, y_te = read_fashion(locate("fashion-mnist", resolve_root("fashion-mnist", data_root)))
     images, labels = (x_tr, y_tr) if split == "train" else (x_te, y_te)
@@ -172,7 +173,6 @@ def ensure_detection_set(root: Union[str, Path], *, source: str = "fashion-mnist
     final = root / f"fmnist-det-{digest}"
     if final.exists():
         return _check_existing(final, params)
-    from tqdm import tqdm
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))

@@ -36,6 +36,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from distillers.adapters import to_map
 from kdbench.errors import UsageError
 from kdbench.models import FeatureModel, StageSpec, create_feature_model
 
@@ -73,7 +74,6 @@ class StagePyramid(nn.Module):
         super().__init__()
         # imported here, not at the top: distillers will import this module, and a module-level
         # import of the `distillers` package from it would be circular
-        from distillers.adapters import to_map
         self._to_map = to_map
         self.body = feature_model
         self.specs = list(feature_model.stage_specs)

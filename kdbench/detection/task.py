@@ -23,6 +23,8 @@ from ..errors import UsageError
 from .coco import CocoDetection, evaluate_coco, to_coco_predictions
 from .fmnist_det import ensure_detection_set, split_paths
 from .loaders import DetectionEvalLoader, DetectionTrainLoader, load_in_memory
+from .model import build_detector
+from .released import load_released_detector
 from .stream import Letterboxed, StreamEvalLoader, StreamTrainLoader
 
 GENERATED = {"fmnist-det": "fashion-mnist", "synthetic-det": "synthetic"}
@@ -101,7 +103,6 @@ class Detection:
 
     def model(self, name: str, info, run=None):
         """A Faster R-CNN on the timm model `name`, sized by `run.detector` (torchvision's defaults without a run)."""
-        from .model import build_detector
         sizes = run.detector.kwargs() if run is not None else {}
         return build_detector(name, num_classes=info.num_classes, img_size=info.img_size, in_chans=info.in_chans,
                               **sizes)
@@ -109,8 +110,6 @@ class Detection:
     def load_released(self, name: str, info, run, state: dict, path, eval_loader):
         """A teacher detector holding a released checkpoint, kdbench's layout or detectron2's, given the
         inputs it was trained on (`released.py`; `eval_loader.pixel_stats`: the students' normalisation)."""
-        from .model import build_detector
-        from .released import load_released_detector
         sizes = run.detector.kwargs()
 
         def build(backbone: str, **extra):

@@ -10,10 +10,13 @@ from typing import List, Optional, Tuple
 
 from ..config import RunConfig
 from ..context import LOCAL, RunContext
+from ..engine import Interrupted, Trainer
 from ..errors import UsageError
 from ..locks import RunLock
+from ..process import source_revision
 from ..registry import DISTILLERS
-from ..results import RESULT_FILE, RunRecord, read_record, source_revision, write_record
+from ..results import RESULT_FILE, RunRecord, read_record, write_record
+from ..teachers import get_teacher, teacher_cached, teacher_in_use
 from .plan import Plan
 from .progress import GridClock
 
@@ -44,7 +47,6 @@ class LocalExecutor:
         # another process is training right now waits its turn behind the other teachers' cells.
         order = {t: i for i, t in enumerate(plan.teachers)}
         queue = deque(sorted((plan.runs[i] for i in todo), key=lambda r: order.get(r.teacher, len(order))))
-        from ..teachers import teacher_cached
         needs_teacher = {r.teacher for r in queue if DISTILLERS.get(r.distiller, r.task).requires_teacher}
         # the line counts the teachers to train apart; loading a cached one is part of its first cell
         self._to_train = {t for t in needs_teacher if main and not teacher_cached(
@@ -82,7 +84,6 @@ class LocalExecutor:
 
     def teach(self, plan: Plan, verify: bool = True) -> List[dict]:
         """Train (or load) and cache every teacher of the plan; their manifests."""
-        from ..teachers import get_teacher
         return [get_teacher(plan.preset, name, plan.data, plan.teacher_cfg, out=plan.out, device=plan.device,
                             context=self.context, verify=verify)[1] for name in plan.teachers]
 
@@ -103,7 +104,6 @@ class LocalExecutor:
         return todo, skipped, None
 
     def _teacher_busy(self, plan: Plan, run: RunConfig) -> bool:
-        from ..teachers import teacher_in_use
         if not DISTILLERS.get(run.distiller, run.task).requires_teacher or run.teacher == self._teacher[0]:
             return False
         return self.context.dist.broadcast(self.context.dist.is_main
@@ -112,7 +112,6 @@ class LocalExecutor:
     def _cell(self, plan: Plan, run: RunConfig, label: str, stop) -> str:
         """Train one cell under its lock: 'done', 'failed', 'busy' (another process has it), 'skipped'
         (finished meanwhile) or 'stopped' (a signal; its checkpoint is saved)."""
-        from ..engine import Interrupted
         dist, main, rdir = self.context.dist, self.context.dist.is_main, plan.run_dir(run)
         lock = RunLock(rdir)
         if not dist.broadcast(lock.try_acquire() if main else None):
@@ -143,7 +142,6 @@ class LocalExecutor:
             lock.release()
 
     def _train(self, plan: Plan, run: RunConfig, rdir: Path, label: str, stop, lock):
-        from ..engine import Trainer
         teacher, manifest = self._teacher_of(plan, run, stop) if DISTILLERS.get(run.distiller, run.task).requires_teacher \
             else (None, None)
         trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
@@ -154,8 +152,6 @@ class LocalExecutor:
     def _teacher_of(self, plan: Plan, run: RunConfig, stop):
         """The cell's teacher: one kept in memory at a time; a teacher that could not be prepared
         fails each of its cells with the same message instead of being retried per cell."""
-        from ..engine import Interrupted
-        from ..teachers import get_teacher
         name, teacher, manifest, error = self._teacher
         if name != run.teacher:
             teacher, manifest, error = None, None, None

@@ -9,12 +9,14 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..config import Preset, RunConfig, apply_overrides, build, compile_flag, load_preset, parse_overrides
-from ..data import DataConfig
+from ..config import (Preset, RunConfig, TeacherConfig, apply_overrides, build, compile_flag, load_preset,
+                      parse_overrides)
+from ..data import DataConfig, resolve_root
 from ..distributed import SINGLE, DistInfo
+from ..engine import resolve_device
 from ..grid import Pair, expand_runs, parse_seeds, resolve_pairs, run_dir
-from ..student_init import StudentInitConfig, student_file
 from ..registry import load_plugin
+from ..student_init import StudentInitConfig, student_file
 
 PLAN_SCHEMA = 1
 
@@ -45,8 +47,6 @@ class Plan:
               dist: DistInfo = SINGLE, need_data: bool = True) -> "Plan":
         """Validate everything a grid needs (preset, pairs, `--set` keys, the data present unless
         `need_data` is false, as for `bench` on random batches) and expand it."""
-        from ..data import resolve_root
-        from ..engine import resolve_device
         for module in plugins:
             load_plugin(module)
         preset_obj = load_preset(preset)
@@ -101,8 +101,6 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str, dist: DistInfo = SINGLE) -> "Plan":
-        from ..config import TeacherConfig
-        from ..engine import resolve_device
         d = json.loads(text)
         if d.get("schema") != PLAN_SCHEMA:
             raise ValueError(f"plan schema {d.get('schema')!r}, expected {PLAN_SCHEMA}: driver and worker run "

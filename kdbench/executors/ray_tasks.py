@@ -24,7 +24,7 @@ RETRIES = 3
 
 def _import_ray():
     try:
-        import ray
+        import ray      # deferred: Ray is an optional extra (`kdbench[ray]`)
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'kdbench[ray]' (or pip install ray)") from None
     return ray

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import List
 
+import torch
+
 from ..context import LOCAL, RunContext
 from .plan import Plan
 
@@ -48,7 +50,6 @@ class WorkersExecutor:
         self.workers, self.context = workers, context
 
     def run(self, plan: Plan) -> int:
-        import torch
         gpus = torch.cuda.device_count() if plan.device_name in ("auto", "cuda") else 0
         payload = plan.to_json().encode()
         envs = [worker_env(k, self.workers, gpus) for k in range(self.workers)]
