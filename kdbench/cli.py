@@ -1,4 +1,4 @@
-"""`kdbench` command line (contract: DESIGN.md §6)."""
+"""`kdbench` command line (contract: README.md, "Commands"; docs/design.md)."""
 
 import argparse
 import contextlib

@@ -97,7 +97,7 @@ def parse_seeds(spec: str) -> List[int]:
 
 
 def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, seed: int) -> Path:
-    """`<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>` (contract, DESIGN.md §7)."""
+    """`<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>` (contract, docs/design.md §3)."""
     return Path(out) / preset / f"{teacher}__{student}" / distiller / f"seed{seed}"
 
 

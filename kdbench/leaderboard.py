@@ -1,4 +1,4 @@
-"""The leaderboard's table model: run records -> `Table` with every statistic (DESIGN.md §8).
+"""The leaderboard's table model: run records -> `Table` with every statistic (docs/design.md §1).
 
 `collect` reads `<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>/` through `kdbench.results`
 and computes every statistic; `kdbench.render` (text formats) and `kdbench.plots` (figures) only

@@ -1,4 +1,4 @@
-"""`kdbench leaderboard`: run records -> table model -> Markdown/CSV/LaTeX/JSON and PNG plots (DESIGN.md §8).
+"""`kdbench leaderboard`: run records -> table model -> Markdown/CSV/LaTeX/JSON and PNG plots (docs/design.md §1).
 
 `kdbench.leaderboard.collect` reads the records and computes every statistic; `kdbench.render` and
 `kdbench.plots` only format the Table. This module is the subcommand (`add_parser`,

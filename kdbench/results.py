@@ -1,4 +1,4 @@
-"""The run-record contract (DESIGN.md §7): `RunRecord` and `TeacherManifest` are the one writer and
+"""The run-record contract (docs/design.md §3): `RunRecord` and `TeacherManifest` are the one writer and
 the one reader of a run directory's `result.json` and `metrics.jsonl` and of a teacher's
 `manifest.json`. Every other module calls the functions here and uses attributes (`rec.top1`).
 

@@ -1,4 +1,4 @@
-"""Statistics for the leaderboard (DESIGN.md §8): pure functions, no I/O.
+"""Statistics for the leaderboard (docs/design.md §1): pure functions, no I/O.
 
 Per cell: summary over seeds. Per pair: seed-paired comparison against a reference distiller (mean
 difference, its t-interval, the paired effect size d_z, a t-test), Holm-corrected across a table.

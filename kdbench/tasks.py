@@ -1,4 +1,4 @@
-"""Tasks (DESIGN.md §10): what a run learns and how it is scored.
+"""Tasks (docs/design.md §1): what a run learns and how it is scored.
 
 The one training loop (`engine.Trainer`) and the teacher zoo ask the run's task for its loaders, a
 model by name (fresh, or holding a released checkpoint) and the evaluation of a model; steps, checkpoints, records, locks

@@ -1,4 +1,4 @@
-"""The `detector:` section of a detection preset: the Faster R-CNN's sizes and sampling (DESIGN.md §10).
+"""The `detector:` section of a detection preset: the Faster R-CNN's sizes and sampling (docs/design.md §1).
 
 Defaults are torchvision's (which are detectron2's for Faster R-CNN + FPN, but the RPN's
 post-NMS training top-k: 2000 here, 1000 in detectron2's FPN configs); the small presets shrink the
