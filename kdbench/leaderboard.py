@@ -303,10 +303,11 @@ def _compute(table: Table):
     groups = list(dict.fromkeys(r.group for r in table.rows))
     for group in [ALL_PAIRS] + (groups if len(groups) > 1 else []):
         subset = [m for m, r in zip(means, table.rows) if group in (ALL_PAIRS, r.group)]
+        clusters = [(r.teacher, r.student) for r in table.rows if group in (ALL_PAIRS, r.group)]
         table.blocks.append(GroupStats(
             group, len(subset),
-            gains_over(subset, table.distillers, BASELINE) if BASELINE in table.distillers else {},
-            gains_over(subset, table.distillers, table.reference) if table.reference else {},
+            gains_over(subset, table.distillers, BASELINE, clusters) if BASELINE in table.distillers else {},
+            gains_over(subset, table.distillers, table.reference, clusters) if table.reference else {},
             stats.friedman(subset, table.distillers, ALPHA, control=table.reference)))
     table.friedman = table.blocks[0].friedman if table.blocks else stats.friedman([], table.distillers, ALPHA)
 

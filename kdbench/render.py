@@ -122,18 +122,21 @@ def _notes(table: Table) -> List[str]:
         if over_ref:
             notes.append(f"W/T/L: pairs where the mean is above / equal to / below `{table.reference}`'s at the "
                          f"printed precision; p: two-sided Wilcoxon signed-rank over pairs, Holm-adjusted over "
-                         f"the {tested_count(over_ref)} distillers tested (Benavoli et al. 2016).")
+                         f"the {tested_count(over_ref)} distillers tested (Benavoli et al. 2016); it takes the pairs as "
+                         "independent, which pairs that share teachers and students are not.")
     else:
         notes.append("No reference distiller (`kd` not run and no --reference): no significance tests.")
     if table.blocks and table.blocks[0].over_baseline:
         notes.append(f"Gain over `{BASELINE}`: mean over pairs of the difference of cell means, with a 95% "
-                     "percentile bootstrap interval over pairs; the median is robust to one collapse.")
+                     "percentile interval from a two-way cluster bootstrap (teachers and students resampled: the "
+                     "pairs share them); the median is robust to one collapse.")
     if fr.p is not None:
         notes.append(f"Ranks use means at the printed precision (ties share a rank). Friedman test over {fr.n} pairs "
                      f"with all {len(fr.names)} distillers: chi2 = {fr.chi2:.2f}, p = {fr.p:.3g}"
                      + (f"; Iman–Davenport F = {fr.iman_davenport_f:.2f}, p = {fr.iman_davenport_p:.3g}"
                         if fr.iman_davenport_f is not None else "")
-                     + f"; Nemenyi critical difference (alpha {ALPHA}) = {fr.cd:.2f} in average rank.")
+                     + (f"; Nemenyi critical difference (alpha {ALPHA}) = {fr.cd:.2f} in average rank."
+                        if fr.cd is not None else f" ({fr.note})."))
         if fr.vs_control:
             worse = [f"{method_display(t.name)} (p {t.p_holm:.2g})" for t in fr.vs_control if t.p_holm < ALPHA]
             notes.append(f"Against the control `{fr.control}` (Demšar 2006, Holm over {len(fr.vs_control)} rank "

@@ -10,9 +10,10 @@ Ranks and win/tie/loss use means rounded to RANK_DIGITS, the precision the table
 distillers whose means print the same tie exactly instead of being ordered by float error.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats as st
@@ -183,17 +184,80 @@ class Friedman:
     note: str = ""
 
 
+EXACT_BELOW = 5              # fewer pairs: the Friedman p by permutation; no asymptotic F, CD or rank z-tests
+EXACT_MAX_STATES = 200_000   # beyond, the permutation p is a seeded Monte Carlo estimate
+MONTE_CARLO_DRAWS = 100_000
+MONTE_CARLO_SEED = 0
+
+
+def friedman_permutation_p(rows: Sequence[Sequence[float]]):
+    """(p, method) of the Friedman test by permutation: under H0 each pair's ranking (mid-ranks of the
+    values at the reported precision, its ties kept) is equally likely in every arrangement, pairs
+    independently; p = P(sum of squared rank sums >= the observed), which orders exactly as the
+    tie-corrected chi-square. Exact by dynamic programming over the pairs (the first pair fixed, by
+    symmetry) while the distinct rank-sum vectors stay below EXACT_MAX_STATES; else a Monte Carlo
+    estimate from MONTE_CARLO_DRAWS seeded draws, (1 + hits) / (1 + draws). `method` says which."""
+    twice = [tuple(int(round(2 * r)) for r in st.rankdata(-np.array([rounded(v) for v in row]), method="average"))
+             for row in rows]
+    observed = sum(v * v for v in np.sum(twice, axis=0))
+    states = {twice[0]: 1}
+    for block in twice[1:]:
+        if len(states) * _arrangements(block) > EXACT_MAX_STATES * 20:
+            states = None
+            break
+        arrangements = set(itertools.permutations(block))
+        nxt: Dict[tuple, int] = {}
+        for sums, count in states.items():
+            for arr in arrangements:
+                key = tuple(a + b for a, b in zip(sums, arr))
+                nxt[key] = nxt.get(key, 0) + count
+        states = nxt
+        if len(states) > EXACT_MAX_STATES:
+            states = None
+            break
+    if states is not None:
+        total = sum(states.values())
+        hits = sum(c for sums, c in states.items() if sum(v * v for v in sums) >= observed)
+        return hits / total, "exact"
+    rng = np.random.default_rng(MONTE_CARLO_SEED)
+    sums = np.zeros((MONTE_CARLO_DRAWS, len(twice[0])), dtype=np.int64)
+    for block in twice:
+        order = np.argsort(rng.random((MONTE_CARLO_DRAWS, len(block))), axis=1)
+        sums += np.asarray(block)[order]
+    hits = int(((sums ** 2).sum(axis=1) >= observed).sum())
+    return (1 + hits) / (1 + MONTE_CARLO_DRAWS), "Monte Carlo"
+
+
+def _arrangements(block) -> int:
+    """Distinct orders of a rank vector: k! over the factorials of its tie counts."""
+    out = math.factorial(len(block))
+    for count in np.unique(block, return_counts=True)[1]:
+        out //= math.factorial(int(count))
+    return out
+
+
 def friedman(means: Sequence[Mapping[str, float]], names: Sequence[str], alpha: float = 0.05,
              control: Optional[str] = None) -> Friedman:
     """Friedman chi-square (scipy, tie-corrected, on means at the reported precision), the
     Iman–Davenport F, the Nemenyi CD, and Holm over the k-1 rank tests against `control`;
-    needs >= 3 distillers and >= 2 complete pairs."""
+    needs >= 3 distillers and >= 2 complete pairs. Below EXACT_BELOW pairs the p is the permutation
+    p (`friedman_permutation_p`) and the asymptotic F, CDs and rank z-tests are left out."""
     names = list(names)
     rows = complete_rows(means, names)
     res = Friedman(names, len(rows), average_ranks(rows) if rows else [None] * len(names))
     k, n = len(names), len(rows)
     if k < 3 or n < 2:
         res.note = f"Friedman test needs >= 3 distillers and >= 2 complete pairs (have {k} and {n})"
+        return res
+    if n < EXACT_BELOW:
+        at_precision = [[rounded(v) for v in row] for row in rows]
+        if all(len(set(row)) == 1 for row in at_precision):
+            res.chi2, res.p, res.note = 0.0, 1.0, "all distillers tie on every pair"
+            return res
+        res.chi2 = float(st.friedmanchisquare(*np.array(at_precision).T)[0])
+        res.p, method = friedman_permutation_p(rows)
+        res.note = (f"{n} pairs (< {EXACT_BELOW}): Friedman p by permutation ({method}); no Iman–Davenport F, "
+                    "no Nemenyi or Bonferroni–Dunn critical difference (asymptotic)")
         return res
     res.cd = critical_difference(k, n, alpha)
     if control in names:

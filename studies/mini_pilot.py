@@ -8,7 +8,8 @@ that can rank distillers? Options are `--set` variations of the `mini` preset on
 
 Every stage is one `kdbench run` (or `teach`) process, resumable; stages run in priority order, so an
 interrupted pilot leaves the most useful part finished. `python -m studies.mini_pilot run [STAGE..]`;
-`python -m studies.mini_pilot plan` prints the stages and their commands.
+`python -m studies.mini_pilot plan` prints the stages and their commands; `python -m
+studies.mini_pilot_report` writes the criteria table from the finished records.
 """
 
 import os
@@ -32,6 +33,8 @@ SCRATCH_PAIRS = ("swin_tiny_patch4_window7_224:resnet18", "swin_tiny_patch4_wind
 # Criterion (d): one pair per teacher, From scratch, KD, OFA and PAT at 1x and 2x.
 ORDER_PAIRS = ("swin_tiny_patch4_window7_224:resnet18", "vit_small_patch16_224:mobilenetv2_100",
                "convnext_tiny:deit_tiny_patch16_224", "mixer_b16_224:swin_pico_patch4_window7_224")
+# Criterion (e): every other column of the grid timed once at the chosen budget (one pair, seed 0).
+COST_COLUMNS = ("kd+ls", "dkd", "dist", "fitnet", "fitnet+norm", "reviewkd", "rsd", "pat-faithful")
 OPTIONS: Dict[str, Tuple[str, ...]] = {
     "a": (),
     "a2": ("recipe.budget=2",),
@@ -51,6 +54,7 @@ def stages() -> List[Tuple[str, str, List[str]]]:
         ("a-scratch", "a", run("a", "vanilla", SCRATCH_PAIRS, "0,1,2")),
         ("a-kd", "a", run("a", "kd", ALL_PAIRS, "0,1,2")),
         ("a-order", "a", run("a", "vanilla,ofa,pat", ORDER_PAIRS, "0,1")),
+        ("a-cost", "a", run("a", ",".join(COST_COLUMNS), ORDER_PAIRS[:1], "0")),
         ("a2-order", "a2", run("a2", "vanilla,kd,ofa,pat", ORDER_PAIRS, "0,1")),
         ("noise", "noise", run("noise", "vanilla,kd", ORDER_PAIRS, "0")),
         ("b-scratch", "b", run("b", "vanilla", SCRATCH_PAIRS, "0,1,2")),
@@ -71,6 +75,7 @@ def out_dir(option: str, root: Path = ROOT) -> Path:
 
 def main(argv: List[str]) -> int:
     command, chosen = (argv[0] if argv else "plan"), set(argv[1:])
+
     for name, option, args in stages():
         if chosen and name not in chosen:
             continue

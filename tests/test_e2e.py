@@ -52,6 +52,7 @@ def test_grid_two_distillers_then_skip_then_config_change(smoke_out, capsys):
     assert before == after
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_grid_continues(smoke_out, capsys):
     """A KD weight beyond float32's range (configs refuse inf itself) makes the fp32 KD loss infinite at
     its first step (the KL between a trained teacher and a fresh student is > 0), whatever the pair: the KD cell fails with a record, and the

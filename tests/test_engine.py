@@ -72,6 +72,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     run = smoke_run(student="kdbench_deit_t_xs", optimizer="adamw", lr=2e-3, ema_decay=0.9)
     full = Trainer(run, tmp_path / "a", device=CPU, context=SILENT).fit()
@@ -95,6 +96,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_a_resumed_epoch_reports_the_speed_of_the_batches_it_trained(tmp_path):
     """Stopped one batch before the end of epoch 1 and resumed: that epoch's img/s counts the one batch
     trained after the resume, not the seven before it (which would read about 8x too fast)."""
@@ -110,6 +112,7 @@ def test_a_resumed_epoch_reports_the_speed_of_the_batches_it_trained(tmp_path):
     assert t.steps_per_epoch == 8 and speed["b"][0] < 3 * speed["a"][0]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_differs(tmp_path):
     r0 = Trainer(smoke_run(seed=0), tmp_path / "x", device=CPU, context=SILENT).fit()
     r0b = Trainer(smoke_run(seed=0), tmp_path / "y", device=CPU, context=SILENT).fit()

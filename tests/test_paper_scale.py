@@ -33,6 +33,7 @@ SMOKE_PAIRS = "swin_tiny_patch4_window7_224:resnet18,convnext_tiny:deit_tiny_pat
 
 # ----------------------------------------------------------------------------- dry run
 
+@pytest.mark.slow
 def test_dry_run_measures_every_cell_and_stays_out_of_leaderboards(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["run", "--dry-run", "--preset", "smoke", "--distiller", "kd,pat,vanilla", "--pairs", SMOKE_PAIRS,

@@ -222,6 +222,7 @@ def test_feedback_is_part_of_the_checkpoint():
     assert all(torch.equal(e.feedback.maps[k], d.feedback.maps[k]) for k in d.feedback.maps)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path):
     preset = load_preset("smoke")
     pairs = resolve_pairs("kdbench_swin_t_xs:kdbench_deit_t_xs", preset)
