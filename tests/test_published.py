@@ -172,3 +172,26 @@ def test_det_tiny_readme_verdict_holds_on_its_records(monkeypatch):
     tcmalloc = [(r["student"], r["distiller"], r["seed"]) for r in records
                 if (r.get("versions") or {}).get("malloc", "system") != "system"]
     assert tcmalloc == [("kdbench_resnet18_s", "pat", 0)]
+
+
+def test_speed_claims_in_the_docs_match_their_json():
+    """benchmarks/README.md's ratios to KD (bench-tiny-cpu.json) and docs/pat.md's PAT breakdown
+    (pat-breakdown-tiny-cpu.json), as printed."""
+    ratios = {(r["pair"].split(":")[1], r["distiller"]): r["ratio_to_kd"]
+              for r in json.loads((ROOT / "benchmarks" / "results" / "bench-tiny-cpu.json").read_text())}
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    for student, method in (("kdbench_resnet18_s", "ofa"), ("kdbench_mobilenetv2_s", "ofa"), ("kdbench_deit_t_s", "ofa"),
+                            ("kdbench_swin_p_s", "ofa"), ("kdbench_resnet18_s", "reviewkd"),
+                            ("kdbench_mobilenetv2_s", "reviewkd"), ("kdbench_deit_t_s", "reviewkd"),
+                            ("kdbench_swin_p_s", "reviewkd")):
+        assert f"{ratios[(student, method)]:.2f}×" in readme, (student, method)
+    meets = {m: sum(ratios[(s, m)] <= 1.5 for s in ("kdbench_resnet18_s", "kdbench_mobilenetv2_s", "kdbench_deit_t_s",
+                                                     "kdbench_swin_p_s")) for m in ("ofa", "reviewkd")}
+    assert meets == {"ofa": 2, "reviewkd": 2} and "- reviewkd meets them on 2 of the 4 pairs" in readme
+    pat = json.loads((ROOT / "benchmarks" / "results" / "pat-breakdown-tiny-cpu.json").read_text())
+    cell = pat["pairs"]["swin_tiny_patch4_window7_224:resnet18"]
+    doc = (ROOT / "docs" / "pat.md").read_text()
+    assert (f"KD {cell['kd']['step_ms']:.0f} ms/step, PAT {cell['pat']['step_ms']:.0f} ms/step" in doc
+            and f"median of 3 repeats, {cell['pat']['ratio_to_kd']:.2f}×" in doc)
+    assert (f"RAA + aligners + HCL {cell['raa']['ratio_to_kd']:.2f}×, with the prompted teacher pass "
+            f"{cell['prompts']['ratio_to_kd']:.2f}×" in doc)
