@@ -67,6 +67,8 @@ class Distiller(nn.Module):
     level = "logits"                    # what reaches the student: "logits" (outputs), "features" (spatial
                                         # intermediate features; findings compare the two), "none"
     find_unused_parameters = False      # DDP: set where some parameters skip a step (cheaper: `idle_parameters`)
+    needs_sample_index = False          # forward(images, labels, index=...): each sample's dataset index, and
+                                        # `bind_training_set(labels)` once before training (e.g. CRD's memory)
 
     def __init__(self, student: FeatureModel, teacher: Optional[FeatureModel], cfg, *,
                  num_classes: int, criterion: Callable):
@@ -77,6 +79,7 @@ class Distiller(nn.Module):
         self.num_classes = num_classes
         self.criterion = criterion
         self.epoch, self.epochs = 0, 1
+        self.training_set_size = 0          # set by `bind_training_set` (methods with `needs_sample_index`)
         # The epoch as forward reads it: torch.compile guards on a Python int read there and would
         # recompile every epoch, not on a tensor. Not persistent: the loop sets it every epoch.
         self.register_buffer("epoch_tensor", torch.zeros((), dtype=torch.long), persistent=False)
@@ -108,6 +111,16 @@ class Distiller(nn.Module):
             return weight
         ramp = torch.clamp((self.epoch_tensor.double() + 1) / epochs, max=1.0)
         return (weight * ramp).float()
+
+    def bind_training_set(self, labels: torch.Tensor):
+        """Called once, before training or resuming, by methods with `needs_sample_index`: the label of
+        every training sample by dataset index (their state may be sized by it)."""
+        self.training_set_size = len(labels)
+
+    def training_state_bytes(self, num_train: int) -> int:
+        """Bytes of training state beyond parameters and optimizer state that grow with the training set
+        (CRD's memory bank), for `num_train` samples; 0 for most methods."""
+        return 0
 
     def idle_parameters(self, batch: int) -> List[nn.Parameter]:
         """Parameters that the next training step (on `batch` images) uses with a zero weight only, so

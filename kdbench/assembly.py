@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .data import DatasetInfo
+from .data import DatasetInfo, dataset_sizes
 from .errors import UsageError
 from .models import FeatureModel
 from .registry import DISTILLERS
@@ -44,3 +44,25 @@ def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size
         if isinstance(fm, FeatureModel) and run.recipe.channels_last and fm.family.channels_last:
             fm.to(memory_format=torch.channels_last)
     return distiller
+
+
+def bind_synthetic_training_set(distiller, run: RunConfig, info: DatasetInfo, at_most: Optional[int] = None):
+    """For steps on synthetic batches (timing, FLOP counts): a method that indexes samples is bound to
+    a training set of the run's real size (or `at_most` samples: FLOPs do not depend on it), labels
+    cycling through the classes, so its state (CRD's memory bank) has its real size."""
+    if distiller.needs_sample_index:
+        n = info.num_train or dataset_sizes(run.data)[0]
+        n = min(n, at_most) if at_most else n
+        distiller.bind_training_set(torch.arange(n, device=_device_of(distiller)) % info.num_classes)
+
+
+def sample_inputs(distiller, batch_size: int, device, step: int = 0) -> dict:
+    """The forward's keyword inputs beyond the batch on a synthetic batch: each sample's dataset index
+    (consecutive, from `step` x `batch_size`) for methods with `needs_sample_index`, else none."""
+    if not distiller.needs_sample_index:
+        return {}
+    return {"index": (torch.arange(batch_size, device=device) + step * batch_size) % distiller.training_set_size}
+
+
+def _device_of(module) -> torch.device:
+    return next(module.parameters()).device

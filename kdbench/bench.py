@@ -5,7 +5,7 @@ from typing import Dict, List
 
 import torch
 
-from .assembly import build_distiller
+from .assembly import bind_synthetic_training_set, build_distiller, sample_inputs
 from .bench_data import bench_data
 from .bench_overhead import overhead_rows
 from .data import DatasetInfo, dataset_geometry
@@ -63,6 +63,7 @@ def bench(args) -> List[Dict]:
                "precision": run.precision, "malloc": malloc_in_use(), "train_flops_per_img": None, "achieved_tflops": None,
                "peak_tflops": None, "peak_fraction": None}
         if timed:
+            bind_synthetic_training_set(distiller, run, info)
             if run.precision not in peaks:
                 dtype = torch.bfloat16 if run.precision == "bf16" else torch.float32
                 peaks[run.precision] = matmul_peak_tflops(device, dtype)
@@ -86,6 +87,7 @@ def _time_steps(distiller, forward, run, batch_size, info, steps, warmup, device
     """Steady state: `warmup` steps (timed apart: torch.compile's cost shows there), then `steps`
     timed ones on a fixed batch (the task's `fixed_batch`)."""
     images, labels = task_of(run.task).fixed_batch(batch_size, info, device)
+    extra = sample_inputs(distiller, batch_size, device)
     recipe = run.recipe
     optimizer = build_optimizer(param_groups(distiller, recipe.weight_decay), recipe, device)
     params = [p for p in distiller.parameters() if p.requires_grad]
@@ -95,7 +97,7 @@ def _time_steps(distiller, forward, run, batch_size, info, steps, warmup, device
 
     def step():
         _, loss = train_step(forward, optimizer, images, labels, params=params, clip_grad=recipe.clip_grad,
-                             autocast=autocast, idle=distiller.idle_parameters(batch_size))
+                             autocast=autocast, idle=distiller.idle_parameters(batch_size), extra=extra)
         return loss
 
     start = time.perf_counter()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .context import SILENT
 from .curves import CurveLog, curve_every
 from .data import DatasetInfo, dataset_geometry, dataset_sizes
-from .assembly import build_distiller
+from .assembly import bind_synthetic_training_set, build_distiller, sample_inputs
 from .engine import Trainer, autocast_for, build_optimizer, param_groups
 from .errors import UsageError
 from .models import create_model
@@ -103,6 +103,8 @@ def _bare_loop(run, teacher, info, batch, device):
     r = run.recipe
     optimizer = build_optimizer(param_groups(distiller, r.weight_decay), r, device)
     images, labels = task_of(run.task).fixed_batch(batch, info, device)
+    bind_synthetic_training_set(distiller, run, info)
+    extra = sample_inputs(distiller, batch, device)
     params = [p for p in distiller.parameters() if p.requires_grad]
     autocast = autocast_for(run.precision, device)
     distiller.train()
@@ -111,7 +113,7 @@ def _bare_loop(run, teacher, info, batch, device):
     def loop(n):
         for _ in range(n):
             with autocast():
-                loss = sum(distiller(images, labels).losses.values())
+                loss = sum(distiller(images, labels, **extra).losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if r.clip_grad > 0:

@@ -13,6 +13,7 @@ from typing import Dict, List
 
 import torch
 
+from .assembly import sample_inputs
 from .context import LOCAL, SILENT, RunContext
 from .data import dataset_sizes
 from .engine import Trainer, lr_at, peak_memory_mb, train_step
@@ -93,7 +94,8 @@ def measure_cell(run, teacher, device: torch.device, steps: int, scratch: Path) 
         start = time.perf_counter()
         _, loss = train_step(trainer.forward, trainer.optimizer, images, targets, params=params,
                              clip_grad=r.clip_grad, autocast=trainer.autocast,
-                             idle=d.idle_parameters(images.shape[0]))
+                             idle=d.idle_parameters(images.shape[0]),
+                             extra=sample_inputs(d, images.shape[0], images.device, step))
         if trainer.ema is not None:
             trainer.ema.update(d.student.model)
         if not torch.isfinite(loss):          # one host sync per step: a dry run may afford it

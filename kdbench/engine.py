@@ -128,12 +128,13 @@ def autocast_for(precision: str, device: torch.device):
     return nullcontext
 
 
-def train_step(forward, optimizer, images, targets, *, params, clip_grad: float, autocast, idle=()):
+def train_step(forward, optimizer, images, targets, *, params, clip_grad: float, autocast, idle=(), extra=None):
     """One optimisation step; returns the distiller output and the (on-device) total loss. `idle`:
     parameters this step used with a zero weight only (`Distiller.idle_parameters`); their gradients
-    are cleared before clipping and the update, as if they had sat the step out."""
+    are cleared before clipping and the update, as if they had sat the step out. `extra`: keyword
+    inputs of the distiller's forward beyond the batch (`index`, for `needs_sample_index`)."""
     with autocast():
-        out = forward(images, targets)
+        out = forward(images, targets, **(extra or {}))
     loss = sum(out.losses.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -164,6 +165,8 @@ class Trainer:
             world_size=self.dist.world_size)
         self.distiller = build_distiller(run, num_classes=self.info.num_classes, in_chans=self.info.in_chans,
                                          img_size=self.info.img_size, teacher=teacher, device=device)
+        if self.distiller.needs_sample_index:      # e.g. CRD's memory bank: one row per training sample
+            self.distiller.bind_training_set(self.train_loader.sample_labels())
         self.optimizer = build_optimizer(param_groups(self.distiller, r.weight_decay), r, device)
         student = self.distiller.student
         if r.ema_decay > 0 and run.task != "classification":
@@ -244,13 +247,15 @@ class Trainer:
         batches = self.train_loader.epoch(self.epoch)
         for _ in range(done):            # resuming inside the epoch: the same batches, already trained
             next(batches)
+        rows = self.train_loader.shard(self.epoch)[0].to(self.device) if d.needs_sample_index else None
         for images, targets in batches:
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, r)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             out, loss = train_step(self.forward, self.optimizer, images, targets, params=params,
                                    clip_grad=r.clip_grad, autocast=self.autocast,
-                                   idle=d.idle_parameters(images.shape[0]))
+                                   idle=d.idle_parameters(images.shape[0]),
+                                   extra=None if rows is None else {"index": rows[done]})
             if self.ema is not None:
                 self.ema.update(d.student.model)
             for k, v in out.losses.items():     # accumulated on device: no host sync per step

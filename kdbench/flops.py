@@ -13,11 +13,12 @@ from typing import Dict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .assembly import build_distiller
+from .assembly import bind_synthetic_training_set, build_distiller, sample_inputs
 from .registry import DISTILLERS
 from .tasks import task_of
 
 COUNT_BATCH = 2
+BOUND_FOR_COUNTS = 4096      # training-set size a sample-indexing method is bound to for counting (FLOPs do not depend on it)
 CPU = torch.device("cpu")
 
 
@@ -28,10 +29,10 @@ def count_step_flops(distiller, task, info, device=CPU) -> Dict[str, float]:
     images, targets = task.fixed_batch(COUNT_BATCH, info, device)
     distiller.train()
     distiller.set_progress(0, 1)
-    for _ in range(2):
+    for k in range(2):
         counter = FlopCounterMode(display=False)
         with counter:
-            out = distiller(images, targets)
+            out = distiller(images, targets, **sample_inputs(distiller, COUNT_BATCH, device, k))
             sum(out.losses.values()).backward()
         distiller.zero_grad(set_to_none=True)
     train = counter.get_total_flops() / COUNT_BATCH
@@ -63,6 +64,7 @@ def _count_run(run, info) -> Dict[str, float]:
             if DISTILLERS.get(run.distiller, run.task).requires_teacher else None
         distiller = build_distiller(run, num_classes=info.num_classes, in_chans=info.in_chans,
                                     img_size=info.img_size, teacher=teacher, device=CPU)
+        bind_synthetic_training_set(distiller, run, info, at_most=BOUND_FOR_COUNTS)
         return count_step_flops(distiller, task, info)
 
 

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .assembly import build_distiller
+from .assembly import bind_synthetic_training_set, build_distiller
 from .assets import asset, read_yaml
 from .data import DatasetInfo, dataset_geometry, dataset_sizes
 from .errors import UsageError
 from .executors import Plan
-from .flops import count_step_flops
+from .flops import BOUND_FOR_COUNTS, count_step_flops
 from .registry import DISTILLERS, load_plugin
 from .results import atomic_write_json
 from .tasks import task_of
@@ -69,6 +69,7 @@ def plan(args) -> dict:
             teachers = {run.teacher: task.model(run.teacher, info, run)}
         distiller = build_distiller(run, num_classes=num_classes, in_chans=in_chans, img_size=data.img_size,
                                     teacher=teachers[run.teacher], device=CPU)
+        bind_synthetic_training_set(distiller, run, info, at_most=BOUND_FOR_COUNTS)
         flops = count_step_flops(distiller, task, info)
         r = run.recipe
         trained = (num_train // r.batch_size) * r.batch_size
@@ -80,7 +81,8 @@ def plan(args) -> dict:
                       "step_flops": flops["train_flops_per_img"] * r.batch_size,
                       "epoch_flops": recipe_flops / r.epochs, "recipe_flops": recipe_flops,
                       "gpu_hours": {g.name: _hours(recipe_flops, g, util) for g in gpus},
-                      "extra_params": distiller.num_extra_params})
+                      "extra_params": distiller.num_extra_params,
+                      "state_mb": round(distiller.training_state_bytes(num_train) / 2 ** 20, 1)})
         del distiller
     grid_flops = sum(c["recipe_flops"] for c in cells) * len(seeds)
     return {"preset": preset.name, "dataset": data.dataset, "img_size": data.img_size, "num_train": num_train,
@@ -144,6 +146,11 @@ def format_plan(p: dict) -> str:
                      + " | ".join(f"{c['gpu_hours'][g]:.1f}" for g in gpus) + " |")
     lines += ["", f"Grid ({len(p['cells'])} cells × {p['seeds']} seed(s)): {p['grid_flops'] / 1e18:.1f} EFLOP; "
               + ", ".join(f"{g} {h:.0f} h" for g, h in p["grid_gpu_hours"].items()) + "."]
+    state = {c["distiller"]: c.get("state_mb", 0) for c in p["cells"] if c.get("state_mb")}
+    if state:
+        lines += ["", "Training state that grows with the training set (per run, beside parameters and optimizer "
+                  f"state, for {p['num_train']} images): " + ", ".join(f"{d} {mb:,.0f} MB" for d, mb in state.items())
+                  + " (CRD: two float32 memory banks of 128-d embeddings)."]
     if p["pat_kd_ratios"]:
         paper = p["paper_epoch_time_s"]
         ratio = f"{paper['pat'] / paper['kd']:.1f}× ({paper['pat']} s vs {paper['kd']} s per CIFAR-100 epoch; " \

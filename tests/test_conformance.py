@@ -38,6 +38,7 @@ DETECTOR = dict(fpn_channels=16, representation_size=32, rpn_pre_nms_top_n_train
                 rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=60, rpn_batch_size_per_image=64,
                 box_batch_size_per_image=32)
 TEACHER_SEED = 100
+TRAIN_SET = 64          # samples of the training set that methods indexing samples (CRD) are bound to
 
 
 def registered_cells():
@@ -72,8 +73,11 @@ def build(name, task, *, layout="tokens->map", seed=0, **cfg):
         student = build_detector("kdbench_resnet18_xs", num_classes=4, img_size=64, **DETECTOR)
         torch.manual_seed(TEACHER_SEED)
         teacher = build_detector("kdbench_swin_t_xs", num_classes=4, img_size=64, **DETECTOR)
-    return cls(student, teacher if cls.requires_teacher else None, preset_config(name, task, **cfg),
-               num_classes=10 if task == "classification" else 4, criterion=make_criterion(0.1))
+    d = cls(student, teacher if cls.requires_teacher else None, preset_config(name, task, **cfg),
+            num_classes=10 if task == "classification" else 4, criterion=make_criterion(0.1))
+    if d.needs_sample_index:                         # a training set of TRAIN_SET samples, 10 classes
+        d.bind_training_set(torch.arange(TRAIN_SET) % 10)
+    return d
 
 
 def batch(task, seed=0):
@@ -101,9 +105,16 @@ def optimizer(d):
     return torch.optim.SGD([p for p in d.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
 
-def step(d, data, opt):
+def forward(d, data, seed=0):
+    """The distiller on a batch, with each sample's dataset index where the method takes it."""
+    if d.needs_sample_index:
+        return d(*data, index=(torch.arange(len(data[0])) + 4 * seed) % TRAIN_SET)
+    return d(*data)
+
+
+def step(d, data, opt, seed=0):
     """One training step as the engine takes it (idle parameters' gradients cleared)."""
-    out = d(*data)
+    out = forward(d, data, seed)
     opt.zero_grad(set_to_none=True)
     sum(out.losses.values()).backward()
     for p in d.idle_parameters(data[0].shape[0]):
@@ -119,7 +130,7 @@ def check_training_invariants(name, task):
     teacher_state = {k: v.clone() for k, v in d.teacher.state_dict().items()} if d.teacher is not None else {}
     opt = optimizer(d)
     for k in range(2):                      # methods with feedback (PAT) use every module from step 2
-        out = step(d, batch(task, k), opt)
+        out = step(d, batch(task, k), opt, k)
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values()), out.losses
     if d.teacher is not None:
         assert not any(m.training for m in d.teacher.modules()), "teacher left in train mode"
@@ -141,7 +152,7 @@ def check_training_invariants(name, task):
 def check_exact_resume(name, task):
     d = build(name, task).train()
     opt = optimizer(d)
-    step(d, batch(task, 0), opt)
+    step(d, batch(task, 0), opt, 0)
     state, opt_state = copy.deepcopy(d.trainable_state()), copy.deepcopy(opt.state_dict())
     twin = build(name, task, seed=1).train()
     twin.load_trainable_state(state)
@@ -151,7 +162,7 @@ def check_exact_resume(name, task):
     outs = []
     for model, o in ((d, opt), (twin, twin_opt)):
         torch.manual_seed(7)
-        outs.append(step(model, batch(task, 1), o))
+        outs.append(step(model, batch(task, 1), o, 1))
     assert {k: v.item() for k, v in outs[0].losses.items()} == {k: v.item() for k, v in outs[1].losses.items()}
     assert same(d.trainable_state(), twin.trainable_state())
 
@@ -249,7 +260,7 @@ def test_set_reaches_the_config(name, task):
 def test_finite_losses_on_every_layout(name, layout):
     d = build(name, "classification", layout=layout).train()
     for k in range(2):
-        out = d(*batch("classification", k))
+        out = forward(d, batch("classification", k), k)
         assert out.logits.shape == (4, 10)
         assert all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values()), (layout, out.losses)
 

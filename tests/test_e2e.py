@@ -96,6 +96,21 @@ def test_smoke_grid_all_pairs_every_baseline(smoke_out):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_smoke_grid_of_rsd_dist_and_crd(smoke_out):
+    """Issue 31's acceptance command: RSD, DIST and CRD on all 12 pairs, 36 of 36 done."""
+    out = smoke_out("all")
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", "--distiller", "rsd,dist,crd", "--pairs", "all",
+                           "--preset", "smoke", "--seeds", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = records(out)
+    assert len(recs) == 36 and all(r["status"] == "done" for r in recs)
+    assert all((r["extra_params"] > 0) == (r["distiller"] != "dist") for r in recs)
+    assert "kdbench leaderboard: preset smoke" in proc.stdout and "CRD" in proc.stdout and "RSD" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_smoke_grid_pat_then_attention_picture(tmp_path, smoke_out):
     """PAT's acceptance command, then `kdbench viz attention` on one of its runs."""
     out = smoke_out("all")

@@ -82,6 +82,10 @@ class ShardedTrainLoader:
         used = self.steps * self.batch_size * self.world_size
         return perm[:used].view(self.steps, self.world_size, self.batch_size)[:, self.rank], g
 
+    def sample_labels(self) -> torch.Tensor:
+        """The int64 label of every training sample, by dataset index (for methods that index samples)."""
+        raise NotImplementedError
+
     def mix_rng(self, epoch: int) -> np.random.Generator:
         """The generator of this rank's mixup/cutmix draws in `epoch`."""
         return np.random.default_rng(derive_seed(self.seed, epoch, self.rank, 1))
@@ -100,6 +104,9 @@ class TrainLoader(ShardedTrainLoader):
         super().__init__(len(labels), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
         self.images, self.labels = images, labels
         self.normalize, self.pad, self.flip, self.mixer = normalizer, pad, flip, mixer
+
+    def sample_labels(self) -> torch.Tensor:
+        return self.labels
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Iterate over the batches of `epoch`: (float images on device, targets)."""
@@ -164,6 +171,14 @@ class FolderTrainLoader(ShardedTrainLoader):
         super().__init__(len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
         self.data = _SeededSamples(dataset, seed)
         self.device, self.workers, self.mixer = device, workers, mixer
+        self.dataset = dataset
+
+    def sample_labels(self) -> torch.Tensor:
+        d, picked = self.dataset, None
+        if isinstance(d, torch.utils.data.Subset):        # a class-balanced limit of an image folder
+            d, picked = d.dataset, torch.as_tensor(d.indices)
+        labels = torch.as_tensor(d.targets, dtype=torch.long)
+        return (labels if picked is None else labels[picked]).to(self.device)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Iterate over the batches of `epoch`, moved to the device (mixup/cutmix applied there)."""
