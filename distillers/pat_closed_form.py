@@ -13,34 +13,34 @@ and S_z of z = conv_1x1(x) is conv_1x1 applied to S_x (plus the bias times the w
 O(k^2*C^2*H*W), the same value and gradients up to float rounding (tests/test_pat.py checks both).
 """
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 
-def _ranges(size: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _ranges(size: int, k: int) -> List[Tuple[int, int]]:
     """(lo, hi) per kernel tap along one axis of a stride-1 conv padded by k // 2: the input indices
-    [lo, hi) that tap reads over all output positions."""
-    shift = torch.arange(k) - k // 2
-    lo = shift.clamp(min=0).clamp(max=size)
-    hi = (size + shift).clamp(min=0, max=size)
-    return lo, torch.maximum(hi, lo)
+    [lo, hi) that tap reads over all output positions. Python ints: no tensor, no host copy, and
+    nothing for torch.compile to break its graph on."""
+    out = []
+    for shift in range(-(k // 2), k - k // 2):
+        lo = min(max(shift, 0), size)
+        out.append((lo, max(min(max(size + shift, 0), size), lo)))
+    return out
 
 
 def tap_window_sums(x: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
     """(B, C, kh, kw): per kernel tap, the sum of x (B, C, H, W) over the window that tap reads."""
     (kh, kw), (h, w) = kernel, x.shape[-2:]
-    rlo, rhi = _ranges(h, kh)
-    clo, chi = _ranges(w, kw)
-    rows = torch.stack([x[:, :, a:b].sum(2) for a, b in zip(rlo.tolist(), rhi.tolist())], 2)     # (B, C, kh, W)
-    return torch.stack([rows[..., a:b].sum(-1) for a, b in zip(clo.tolist(), chi.tolist())], -1)  # (B, C, kh, kw)
+    rows = torch.stack([x[:, :, a:b].sum(2) for a, b in _ranges(h, kh)], 2)          # (B, C, kh, W)
+    return torch.stack([rows[..., a:b].sum(-1) for a, b in _ranges(w, kw)], -1)      # (B, C, kh, kw)
 
 
-def tap_window_sizes(size: Tuple[int, int], kernel: Tuple[int, int], device) -> torch.Tensor:
-    """(kh, kw): the number of input positions each tap's window holds."""
-    (rlo, rhi), (clo, chi) = _ranges(size[0], kernel[0]), _ranges(size[1], kernel[1])
-    return ((rhi - rlo)[:, None] * (chi - clo)[None, :]).to(device)
+def tap_window_sizes(like: torch.Tensor, kernel: Tuple[int, int]) -> torch.Tensor:
+    """(kh, kw): the number of input positions each tap's window holds, for maps of `like`'s size,
+    computed on its device (the window sums of ones)."""
+    return tap_window_sums(torch.ones_like(like[:1, :1]), kernel)[0, 0]
 
 
 def _pointwise(conv: nn.Conv2d, s: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def gated_block(block: nn.Sequential, parts: Sequence[torch.Tensor]) -> torch.Te
     sums = torch.cat([tap_window_sums(p, kernel) for p in parts], 1)            # (B, C_in, kh, kw)
     z = _pointwise(reduce, sums)                                                 # the 1x1 conv's window sums
     if reduce.bias is not None:
-        z = z + reduce.bias[None, :, None, None] * tap_window_sizes(size, kernel, sums.device)
+        z = z + reduce.bias[None, :, None, None] * tap_window_sizes(parts[0], kernel)
     mean = _taps(spatial, z) / (size[0] * size[1])                               # (B, C): the kxk output's mean
     if spatial.bias is not None:
         mean = mean + spatial.bias

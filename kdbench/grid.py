@@ -115,7 +115,7 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
         for name in distillers:
             try:
                 budgeted, dcfg = at_budget(recipe, configs[name])
-                compiled = resolve_compile(compile_, budgeted, data, device or _CPU)
+                compiled = resolve_compile(compile_, budgeted, data, device or _CPU, preset.task)
                 runs.extend(RunConfig(preset=preset.name, teacher=teacher, student=student, seed=seed,
                                       distiller=name, distiller_config=dcfg, recipe=budgeted, data=data,
                                       teacher_config=teacher_cfg, compile=compiled,
@@ -127,13 +127,18 @@ def expand_runs(preset: Preset, pairs: List[Pair], distillers: List[str], seeds:
     return runs
 
 
-def resolve_compile(flag, recipe, data, device) -> bool:
-    """`compile=auto`: on for CUDA runs of at least COMPILE_MIN_STEPS steps (long enough to repay the
-    compilation), off elsewhere; true/false as given."""
+COMPILED_TASKS = ("classification",)   # compile=auto: detection's data-dependent shapes were never tried compiled
+
+
+def resolve_compile(flag, recipe, data, device, task: str = "classification") -> bool:
+    """`compile=auto`: on for CUDA classification runs of at least COMPILE_MIN_STEPS steps (long enough
+    to repay the compilation), off elsewhere: on CPUs, and for detection (torchvision's Faster R-CNN has
+    data-dependent shapes; compiled under DDP with the unused-parameter search it was never measured);
+    true/false as given."""
     if flag != "auto":
         return bool(flag)
     steps = recipe.epochs * (dataset_sizes(data)[0] // recipe.batch_size)
-    return device.type == "cuda" and steps >= COMPILE_MIN_STEPS
+    return device.type == "cuda" and task in COMPILED_TASKS and steps >= COMPILE_MIN_STEPS
 
 
 def at_budget(recipe, distiller_config):

@@ -72,8 +72,6 @@ class StagePyramid(nn.Module):
 
     def __init__(self, feature_model: FeatureModel, out_channels: int = 256, stage_norms: bool = False):
         super().__init__()
-        # imported here, not at the top: distillers will import this module, and a module-level
-        # import of the `distillers` package from it would be circular
         self._to_map = to_map
         self.body = feature_model
         self.specs = list(feature_model.stage_specs)
@@ -178,6 +176,11 @@ class Detector(FasterRCNN):
             box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
             fixed_size=(size, size), size_divisible=1, **rcnn_kwargs)
         self.num_classes = num_classes
+        # Box math in float32 under bf16 autocast: torchvision decodes boxes in the dtype of the predicted
+        # offsets (anchors and proposals cast to it), and bf16 keeps 8 significant bits (517.3 -> 516 px).
+        # The heads' outputs are cast back to float32, as detectron2 does; hooks keep the state-dict keys.
+        self.rpn.head.register_forward_hook(_float32_outputs)
+        self.roi_heads.box_predictor.register_forward_hook(_float32_outputs)
 
     @property
     def feature_model(self) -> FeatureModel:
@@ -231,6 +234,13 @@ class Detector(FasterRCNN):
                          image_sizes: List[Tuple[int, int]]) -> torch.Tensor:
         """[sum Ri, K+1] class logits of this detector's ROI head on the given proposals."""
         return self.roi_head_outputs(pyramid, proposals, image_sizes).class_logits
+
+
+def _float32_outputs(module, inputs, output):
+    """A forward hook: the module's tensors (in lists and tuples too) as float32."""
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    return type(output)(_float32_outputs(module, inputs, o) for o in output)
 
 
 def _check_targets(targets):

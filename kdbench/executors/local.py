@@ -8,6 +8,8 @@ from collections import deque
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import torch
+
 from ..config import RunConfig
 from ..context import LOCAL, RunContext
 from ..engine import Interrupted, Trainer
@@ -144,6 +146,8 @@ class LocalExecutor:
     def _train(self, plan: Plan, run: RunConfig, rdir: Path, label: str, stop, lock):
         teacher, manifest = self._teacher_of(plan, run, stop) if DISTILLERS.get(run.distiller, run.task).requires_teacher \
             else (None, None)
+        if run.compile:     # each cell compiles from a fresh dynamo state: no recompile limit carried over
+            torch._dynamo.reset()
         trainer = Trainer(run, rdir, device=plan.device, teacher=teacher,
                           teacher_top1=manifest.top1 if manifest else None, context=self.context, label=label,
                           should_stop=stop, on_epoch=lock.refresh)
