@@ -122,3 +122,14 @@ def test_faithful_pat_compiles_without_breaks_in_the_closed_form():
     d(x, y)
     e = torch._dynamo.explain(d)(x, y)
     assert e.graph_count == 1 and e.graph_break_count == 0
+
+
+def test_teacher_reverification_tolerance_follows_precision_and_test_size():
+    from kdbench.teachers import verification_tolerance
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert verification_tolerance("classification", "fp32", cpu, 10_000) == 0.05          # reproducible
+    # CIFAR-100's 10,000 test images in bf16 on a GPU: 0.5 % + 2 may flip -> 0.52 points
+    assert verification_tolerance("classification", "bf16", cuda, 10_000) == pytest.approx(0.52)
+    assert verification_tolerance("classification", "fp32", cuda, 10_000) == pytest.approx(0.07)
+    assert verification_tolerance("classification", "bf16", cuda, 50_000) == pytest.approx(0.504)  # ImageNet val
+    assert verification_tolerance("detection", "fp32", cuda, 5_000) == 0.3                 # NMS ties: the floor
