@@ -14,8 +14,10 @@
 Differences from the official code: its feedback aligner is a bare 1x1 conv with PyTorch's init,
 kdbench's the classification one (BN + 1x1 conv, `init_weights`); the official fixes the teacher
 level sizes for 800x1216 inputs and interpolates to them, kdbench's aligners target the levels'
-actual sizes (one canvas per preset); `teacher_train_first_step` does not exist there (the detection
-teacher stays in eval mode) and is refused here.
+actual sizes (one canvas per preset); `teacher_train_first_step` is refused here. The official
+detection teacher is not in eval mode (nothing in its `rcnn.py` calls `teacher.eval()`, so it runs in
+train mode with its drop-path) and its prompts are never trained (they sit inside the frozen teacher):
+the full list, with file references, is docs/detection.md "Differences from the official detection code".
 """
 
 from dataclasses import dataclass
