@@ -93,7 +93,10 @@ def parse_seeds(spec: str) -> List[int]:
         raise UsageError(f"bad --seeds '{spec}': a count >= 1 (e.g. 3) or a list (e.g. 0,1,2)") from None
     if any(s < 0 for s in seeds):
         raise UsageError(f"bad --seeds '{spec}': seeds must be >= 0")
-    return list(dict.fromkeys(seeds))
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise UsageError(f"bad --seeds '{spec}': seed {twice[0]} is listed twice; list each seed once")
+    return seeds
 
 
 def run_dir(out: Path, preset: str, teacher: str, student: str, distiller: str, seed: int) -> Path:

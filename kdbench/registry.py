@@ -108,9 +108,12 @@ class DistillerRegistry(Registry):
 
     def parse(self, spec: str, task: str = DEFAULT_TASK) -> List[str]:
         """'a,b' or 'all' -> the named items of `task` (all: every one that supports it), each
-        checked, duplicates dropped, in the given order."""
+        checked (a name given twice is an error), in the given order."""
         names = [n.strip() for n in spec.split(",") if n.strip()]
-        names = self.names(task) if names == ["all"] else list(dict.fromkeys(names))
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UsageError(f"{self.kind} '{twice[0]}' is listed twice in '{spec}'; list each once")
+        names = self.names(task) if names == ["all"] else names
         for n in names:
             self.get(n, task)
         return names

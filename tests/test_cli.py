@@ -205,3 +205,28 @@ def test_user_preset_files(tmp_path, capsys):
                           (missing, ["cannot read preset file", str(missing), "smoke", "tiny"]),
                           (wrong, ["'many'", "seeds"])):
         _assert_usage_error(tmp_path, capsys, _run_args(tmp_path, preset=str(path)), needles)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--set", "data.train_limit=-5"], "bad value -5 for data.train_limit: must be >= 0"),
+    (["--set", "data.img_size=0"], "bad value 0 for data.img_size: must be an integer >= 1"),
+    (["--set", "data.dataset=mnist"], "bad value 'mnist' for data.dataset: must be one of synthetic, fashion-mnist"),
+    (["--seeds", "0,0"], "seed 0 is listed twice"),
+    (["--distiller", "kd,kd"], "distiller 'kd' is listed twice"),
+])
+def test_the_bad_input_sweep_is_refused_before_anything_is_written(tmp_path, capsys, extra, message):
+    """Issue 32's sweep: each case exits 2 with one line and leaves no --out tree."""
+    out = tmp_path / "runs"
+    argv = ["run", "--preset", "smoke", "--pairs", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--distiller", "kd",
+            "--out", str(out), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_out_under_a_regular_file_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", "--preset", "smoke", "--pairs", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--distiller", "kd",
+                 "--out", str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and err.count("\n") == 1

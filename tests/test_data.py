@@ -200,10 +200,10 @@ def test_download_fills_cache(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_bad_values():
-    with pytest.raises(UsageError, match="did you mean 'cifar100'"):
-        load_dataset(DataConfig(dataset="cifar-100"))
-    with pytest.raises(UsageError, match="pad"):
-        load_dataset(DataConfig(dataset="synthetic", pad=-1))
+    with pytest.raises(UsageError, match="did you mean 'cifar100'"):      # refused when built
+        DataConfig(dataset="cifar-100")
+    with pytest.raises(ValueError, match="bad value -1 for data.pad: must be >= 0"):
+        DataConfig(dataset="synthetic", pad=-1)
     with pytest.raises(UsageError, match="batch size"):
         build_loaders(DataConfig(dataset="synthetic", synthetic_train=16), batch_size=32, device="cpu", seed=0)
     with pytest.raises(UsageError, match="rank"):

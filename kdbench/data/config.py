@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from kdbench.errors import UsageError, unknown_choice
-from kdbench.validators import opt_in, unhashed
+from kdbench.errors import unknown_choice
+from kdbench.validators import at_least, non_negative, opt_in, unhashed
 
 CLASSIFICATION_DATASETS = ("synthetic", "fashion-mnist", "cifar10", "cifar100", "imagenet")
 DETECTION_DATASETS = ("synthetic-det", "fmnist-det", "coco")     # generated sets (kdbench.detection), COCO 2017
@@ -46,6 +46,19 @@ class DataConfig:
     workers: int = unhashed(4)             # DataLoader workers (imagenet, coco; not in the hash)
     resize_short: int = opt_in(0)          # coco: shorter side in px, longer <= img_size (the canvas); 0 = fit
 
+    def __post_init__(self):
+        """Checked when built, like every config, so a bad `--set data.*` is refused before anything is
+        written (the dataset's presence is checked apart, when a grid is planned)."""
+        check_name(self.dataset)
+        at_least("data.img_size", self.img_size, 1)
+        for name in ("train_limit", "test_limit", "pad", "workers", "resize_short"):
+            non_negative(f"data.{name}", getattr(self, name))
+        if self.dataset == "synthetic":
+            at_least("data.synthetic_classes", self.synthetic_classes, 2)
+            at_least("data.synthetic_size", self.synthetic_size, 4)
+            for name in ("synthetic_channels", "synthetic_train", "synthetic_test"):
+                at_least(f"data.{name}", getattr(self, name), 1)
+
 
 @dataclass
 class Dataset:
@@ -80,20 +93,6 @@ def check_name(dataset: str) -> None:
     """Raise a "did you mean" UsageError unless `dataset` is one of DATASETS."""
     if dataset not in DATASETS:
         raise unknown_choice("dataset", dataset, DATASETS)
-
-
-def check_config(cfg: DataConfig) -> None:
-    """Raise a UsageError naming the first invalid field of `cfg`."""
-    check_name(cfg.dataset)
-    checks = [("img_size", cfg.img_size > 0), ("pad", cfg.pad >= 0), ("train_limit", cfg.train_limit >= 0),
-              ("test_limit", cfg.test_limit >= 0), ("workers", cfg.workers >= 0)]
-    if cfg.dataset == "synthetic":
-        checks += [("synthetic_classes", cfg.synthetic_classes >= 2), ("synthetic_size", cfg.synthetic_size >= 4),
-                   ("synthetic_channels", cfg.synthetic_channels >= 1),
-                   ("synthetic_train", cfg.synthetic_train >= 1), ("synthetic_test", cfg.synthetic_test >= 1)]
-    for key, ok in checks:
-        if not ok:
-            raise UsageError(f"invalid data.{key}={getattr(cfg, key)!r}")
 
 
 def dataset_geometry(cfg: DataConfig) -> tuple:

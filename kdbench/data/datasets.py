@@ -8,7 +8,7 @@ import torch
 
 from kdbench.errors import UsageError
 
-from .config import STATS, DataConfig, Dataset, check_config
+from .config import STATS, DataConfig, Dataset
 from .readers import CIFAR_LAYOUT, read_cifar, read_fashion, read_image_folders
 from .sources import locate, resolve_root
 from .synthetic import synthetic_arrays
@@ -36,7 +36,6 @@ def balanced_subset(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load a small dataset (not imagenet) into memory, with train/test limits applied."""
-    check_config(cfg)
     name = cfg.dataset
     if name == "imagenet":
         raise UsageError("imagenet is read from folders by build_loaders, not loaded into memory")

@@ -17,7 +17,7 @@ import torch
 from kdbench.errors import UsageError
 
 from .augment import Mixer, Normalizer, pad_crop
-from .config import DataConfig, DatasetInfo, check_config
+from .config import DataConfig, DatasetInfo
 from .datasets import image_folders, load_dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -228,7 +228,6 @@ def build_loaders(cfg: DataConfig, *, batch_size: int, device, seed: int, mixup:
     on every rank, in batches of `eval_batch_size` (at most `CPU_EVAL_BATCH` on a CPU).
     The recipe values (batch sizes, mixup, cutmix, label smoothing) are RecipeConfig's to validate.
     """
-    check_config(cfg)
     eval_batch_size = eval_batch_size or batch_size
     device = torch.device(device)
     if device.type == "cpu":

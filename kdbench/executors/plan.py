@@ -14,6 +14,7 @@ from ..config import (Preset, RunConfig, TeacherConfig, apply_overrides, build, 
 from ..data import DataConfig, resolve_root
 from ..distributed import SINGLE, DistInfo
 from ..engine import resolve_device
+from ..errors import UsageError
 from ..grid import Pair, expand_runs, parse_seeds, resolve_pairs, run_dir
 from ..registry import load_plugin
 from ..student_init import StudentInitConfig, student_file
@@ -49,6 +50,7 @@ class Plan:
         `need_data` is false, as for `bench` on random batches) and expand it."""
         for module in plugins:
             load_plugin(module)
+        _check_out(out)
         preset_obj = load_preset(preset)
         parsed = parse_overrides(list(overrides))
         preset_obj = dataclasses.replace(preset_obj, student=apply_overrides(preset_obj.student, parsed, "student"),
@@ -113,6 +115,17 @@ class Plan:
                    device=dist.device_for(resolve_device(d["device"])), device_name=d["device"], out=Path(d["out"]),
                    runs=[RunConfig.from_dict(r) for r in d["runs"]], teachers=d["teachers"], seeds=d["seeds"],
                    preset_ref=d["preset"], plugins=d["plugins"], fresh=d["fresh"])
+
+
+def _check_out(out: str):
+    """`--out` must be a folder or a path kdbench can create one at: no part of it an existing file."""
+    path = Path(out)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"--out {out}: '{part}' is a file, not a folder; give a folder (it is created "
+                                 "if missing)")
+            return
 
 
 def _is_file(name: str) -> bool:
