@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from kdbench.results import iter_records
+
 
 def probe(out: Path, device_name: str) -> dict:
     device = torch.device(device_name)
@@ -67,10 +69,9 @@ def summary(out: Path) -> dict:
             cells.append(cell)
     eager = [c["utilisation"] for c in cells if c["mode"] == "eager" and "utilisation" in c]
     tiny = []
-    for rec in sorted((out / "tiny").rglob("result.json")) if (out / "tiny").is_dir() else []:
-        r = json.loads(rec.read_text())
-        tiny.append({k: r.get(k) for k in ("distiller", "teacher", "student", "status", "error", "top1",
-                                           "teacher_top1", "wall_s", "train_img_per_s", "peak_mem_mb")})
+    for rec in iter_records(out / "tiny") if (out / "tiny").is_dir() else []:       # the record contract's reader
+        tiny.append({k: getattr(rec, k) for k in ("distiller", "teacher", "student", "status", "error", "top1",
+                                                  "teacher_top1", "wall_s", "train_img_per_s", "peak_mem_mb")})
     result = {"device": device, "steps": steps, "dry_run": cells, "tiny": tiny,
               "utilisation": round(statistics.median(eager), 3) if eager else None,
               "ok": all(s["rc"] == 0 for s in steps)}

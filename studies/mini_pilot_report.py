@@ -5,7 +5,7 @@
 Criteria (issue 29, item 1), each read from the records:
 - (a) headroom: the teacher's top-1 minus From scratch's (its student's seed mean) >= 3 points;
 - (b) plateau: over the last quarter of the student's epochs, From scratch and KD gain < 1 point (seed
-  means, from the scored epochs in metrics.jsonl: final minus the epoch at three quarters);
+  means, from the scored epochs of the metrics file: final minus the epoch at three quarters);
 - (c) signal: KD - From scratch >= 2 x the reproduction noise (NOISE_FLOOR, and the identical repeats
   the pilot ran, whichever is larger), on at least 9 of 12 pairs;
 - (d) stability: Kendall tau >= 0.6 between the order of From scratch, KD, OFA and PAT at the option's

@@ -51,9 +51,12 @@ def smoke_run(seed=0) -> RunConfig:
 
 
 def test_only_results_py_names_the_record_files():
-    """Every other module reads and writes records through kdbench.results."""
+    """Every other module of the repository (the package, the distillers, the benchmarks' scripts and
+    the studies; the tests aside, which write records in the official format on purpose) reads and
+    writes records through kdbench.results."""
     offenders = [f"{p.relative_to(ROOT)}: {name}"
-                 for folder in ("kdbench", "distillers") for p in sorted((ROOT / folder).rglob("*.py"))
+                 for folder in ("kdbench", "distillers", "benchmarks", "studies")
+                 for p in sorted((ROOT / folder).rglob("*.py"))
                  if p != ROOT / "kdbench" / "results.py"
                  for name in ("result.json", "manifest.json", "metrics.jsonl") if name in p.read_text()]
     assert not offenders, "record files named outside kdbench/results.py:\n" + "\n".join(offenders)
