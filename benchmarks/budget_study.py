@@ -286,10 +286,10 @@ def mixer_md(data: List[Dict], leaderboard: List[Dict] = ()) -> str:
                            if collapsed else "")
                         + (f"; on the {len(held)} others the standardised target scores below the raw one on "
                            f"{len(lower)}" if held else "") + ".")
-    by_pair = {p: _feature_ratio([r for r in leaderboard if r["pair"] == p])
-               for p in dict.fromkeys(r["pair"] for r in leaderboard)}
-    mixer = [v for p, v in by_pair.items() if v is not None and p.startswith("Mixer")]
-    other = [v for p, v in by_pair.items() if v is not None and not p.startswith("Mixer")]
+    by_pair = {k: _feature_ratio([r for r in leaderboard if r["pair_key"] == k])
+               for k in dict.fromkeys(r["pair_key"] for r in leaderboard)}
+    mixer = [v for k, v in by_pair.items() if v is not None and k in MIXER_PAIRS]      # the Mixer-B/16 teacher's
+    other = [v for k, v in by_pair.items() if v is not None and k not in MIXER_PAIRS]
     if mixer and other:
         verdicts.append(f"- The tiny leaderboard's FitNet runs (benchmarks/results/tiny/runs), feature term / CE in the "
                         f"first epoch, seed means: {min(mixer):.1f} to {max(mixer):.1f} on the {len(mixer)} Mixer-B/16 "

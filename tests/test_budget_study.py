@@ -137,9 +137,9 @@ def test_mixer_table_and_verdict_by_hand(norm, verdict):
 
 
 def test_mixer_teacher_feature_scale_against_the_other_teachers():
-    board = [{"pair": p, "method": "fitnet", "first_epoch_loss": {"gt": 2.0, "fitnet": f}}
-             for p, f in (("Mixer-B/16 → X", 200.0), ("Mixer-B/16 → Y", 150.0), ("Swin-T → X", 8.0),
-                          ("Swin-T → X", 12.0), ("ViT-S → Y", 4.0))]
+    board = [{"pair": "", "pair_key": k, "method": "fitnet", "first_epoch_loss": {"gt": 2.0, "fitnet": f}}
+             for k, f in ((bs.MIXER_PAIRS[0], 200.0), (bs.MIXER_PAIRS[1], 150.0), ("swin_tiny_patch4_window7_224:x", 8.0),
+                          ("swin_tiny_patch4_window7_224:x", 12.0), ("vit_small_patch16_224:y", 4.0))]
     md = bs.mixer_md(mixer_data((45.0, 44.0)), board)
     assert ("first epoch, seed means: 75.0 to 100.0 on the 2 Mixer-B/16 pairs, 2.0 to 5.0 on the 2 pairs of the "
             "other teachers.") in md
