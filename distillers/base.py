@@ -117,6 +117,13 @@ class Distiller(nn.Module):
         every training sample by dataset index (their state may be sized by it)."""
         self.training_set_size = len(labels)
 
+    def constant_names(self) -> List[str]:
+        """Parameters and buffers (names in this module) that never change in training: the frozen
+        teacher's, and a method's constant tables. DDP leaves them out of its per-step buffer broadcast."""
+        if self.teacher is None:
+            return []
+        return [f"teacher.{n}" for n, _ in (*self.teacher.named_parameters(), *self.teacher.named_buffers())]
+
     def training_state_bytes(self, num_train: int) -> int:
         """Bytes of training state beyond parameters and optimizer state that grow with the training set
         (CRD's memory bank), for `num_train` samples; 0 for most methods."""

@@ -240,6 +240,10 @@ class PAT(Distiller):
             return []
         return [p for b in self._idle_blocks(self._feedback(batch, None, None)) for p in b.fusion_parameters()]
 
+    def constant_names(self) -> List[str]:
+        names = super().constant_names()
+        return names + (["raa.pe"] if self.raa is not None else [])      # the sinusoid table (10 MB when faithful)
+
     def _idle_blocks(self, feedback) -> List[PromptBlock]:
         return [self.prompts[str(s)] for s in self.cfg.afp_stages if feedback.get(s) is None]
 

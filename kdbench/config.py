@@ -22,7 +22,7 @@ from .validators import (at_least, in_range, is_hashed, non_negative, omitted_at
                          unhashed)
 
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")     # tf32: fp32 storage, TF32 matmuls and convolutions (Ampere+ GPUs)
 TASK_METRICS = {"classification": "top1", "detection": "map"}      # a task's headline metric
 SCHEDULES = ("cosine", "step", "multistep")
 
@@ -77,9 +77,14 @@ class RecipeConfig:
 
     def precision_on(self, device) -> str:
         """The arithmetic of a run on `device`: bf16 autocast where the recipe asks for AMP and the
-        device supports it (CUDA), else fp32. It is part of the run's configuration (and hash)."""
-        if self.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
+        device supports it (CUDA); else on an Ampere+ GPU tf32 (fp32 tensors, TF32 matmuls and
+        convolutions: `engine.configure_backends` turns them on); else fp32. It is part of the run's
+        configuration and hash, so a GPU "fp32" run never shares a hash with a CPU fp32 run."""
+        if device.type == "cuda":
+            if self.amp and torch.cuda.is_bf16_supported():
+                return "bf16"
+            if torch.cuda.get_device_capability(device)[0] >= 8:
+                return "tf32"
         return "fp32"
 
 
@@ -143,7 +148,7 @@ class RunConfig:
     data: DataConfig
     teacher_config: TeacherConfig
     compile: bool = False
-    precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | bf16 (autocast)
+    precision: str = "fp32"      # arithmetic of training and evaluation: fp32 | tf32 (GPU) | bf16 (autocast)
     task: str = opt_in("classification")     # classification | detection (a preset's task)
     detector: DetectorConfig = opt_in(DetectorConfig())   # detection: the preset's detector sizes
     student_init: StudentInitConfig = opt_in(StudentInitConfig())   # the preset's `student:` section

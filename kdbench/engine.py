@@ -177,7 +177,9 @@ class Trainer:
         self.warmup_steps = int(round(r.warmup_epochs * self.steps_per_epoch))
         self.autocast = autocast_for(run.precision, device)
         self.forward = self.distiller
-        if self.dist.active:
+        if self.dist.active:      # constants (the frozen teacher, PE tables) are not broadcast every step
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.distiller,
+                                                                               self.distiller.constant_names())
             self.forward = DistributedDataParallel(
                 self.distiller, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=self.distiller.find_unused_parameters)

@@ -341,7 +341,7 @@ def test_validators_wording():
     (lambda: RecipeConfig(epochs=0), "bad value 0 for recipe.epochs: must be an integer >= 1"),
     (lambda: RecipeConfig(schedule="linear"), "bad value 'linear' for recipe.schedule: must be one of cosine, step, multistep"),
     (lambda: TeacherConfig(source="zoo"), "bad value 'zoo' for teacher.source: must be train or checkpoint"),
-    (lambda: _run(precision="fp16"), "bad value 'fp16' for precision: must be fp32 or bf16"),
+    (lambda: _run(precision="fp16"), "bad value 'fp16' for precision: must be one of fp32, tf32, bf16"),
     (lambda: _run(seed=-1), "bad value -1 for seed: must be >= 0"),
 ])
 def test_configs_raise_value_error_not_usage_error(make, message):

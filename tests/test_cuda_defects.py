@@ -133,3 +133,56 @@ def test_teacher_reverification_tolerance_follows_precision_and_test_size():
     assert verification_tolerance("classification", "fp32", cuda, 10_000) == pytest.approx(0.07)
     assert verification_tolerance("classification", "bf16", cuda, 50_000) == pytest.approx(0.504)  # ImageNet val
     assert verification_tolerance("detection", "fp32", cuda, 5_000) == 0.3                 # NMS ties: the floor
+
+
+def test_ddp_leaves_the_constants_out_of_its_buffer_broadcast():
+    """DDP broadcasts every buffer from rank 0 at each step unless told otherwise: the frozen teacher's
+    (BatchNorm statistics included) and PAT's sinusoid table are constants, named for DDP to ignore."""
+    d = _pat_faithful()
+    names = set(d.constant_names())
+    teacher = {f"teacher.{n}" for n, _ in (*d.teacher.named_parameters(), *d.teacher.named_buffers())}
+    assert teacher <= names and "raa.pe" in names and names - teacher == {"raa.pe"}
+    own = {n for n, _ in (*d.named_parameters(), *d.named_buffers())}
+    assert names <= own and not any(n.startswith("student.") for n in names)
+    from distillers.pat_raa import PE_BATCH_ROWS
+    assert d.raa.pe.shape[0] == PE_BATCH_ROWS             # the faithful table (paper scale: 10 MB a step saved)
+
+
+def test_the_previous_teacher_is_released_before_the_next_one_is_prepared(monkeypatch, tmp_path):
+    import gc
+    import weakref
+    from kdbench.executors import local
+    seen = []
+
+    class Teacher(torch.nn.Module):
+        pass
+
+    def get_teacher(preset, name, *a, **k):
+        seen.append([r() is not None for r in refs])
+        t = Teacher()
+        refs.append(weakref.ref(t))
+        return t, type("M", (), {"top1": 1.0})()
+
+    refs = []
+    monkeypatch.setattr(local, "get_teacher", get_teacher)
+    ex = local.LocalExecutor.__new__(local.LocalExecutor)
+    ex.context, ex._teacher, ex._to_train = local.LOCAL, (None, None, None, None), set()
+    plan = type("P", (), {"preset": None, "data": None, "teacher_cfg": None, "out": tmp_path,
+                          "device": torch.device("cpu")})()
+    for name in ("a", "b"):
+        ex._teacher_of(plan, type("R", (), {"teacher": name})(), lambda: False)
+        gc.collect()
+    assert seen == [[], [False]]          # when b is prepared, a is no longer held
+
+
+def test_a_gpu_fp32_run_is_recorded_as_tf32(monkeypatch):
+    """Ampere+ GPUs run fp32 matmuls and convolutions in TF32 (configure_backends): such a run's
+    precision, and so its hash, is not a CPU fp32 run's."""
+    from kdbench.config import RecipeConfig
+    recipe = RecipeConfig(amp=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    for capability, want in (((8, 0), "tf32"), ((7, 0), "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert recipe.precision_on(torch.device("cuda")) == want
+    assert RecipeConfig(amp=True).precision_on(torch.device("cuda")) == "bf16"
+    assert recipe.precision_on(torch.device("cpu")) == RecipeConfig().precision_on(torch.device("cpu")) == "fp32"

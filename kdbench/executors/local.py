@@ -158,7 +158,9 @@ class LocalExecutor:
         fails each of its cells with the same message instead of being retried per cell."""
         name, teacher, manifest, error = self._teacher
         if name != run.teacher:
-            teacher, manifest, error = None, None, None
+            self._teacher, teacher, manifest, error = (None, None, None, None), None, None, None
+            if plan.device.type == "cuda":    # the previous teacher leaves the GPU before the next one trains
+                torch.cuda.empty_cache()
             start = time.perf_counter()
             try:
                 teacher, manifest = get_teacher(plan.preset, run.teacher, plan.data, plan.teacher_cfg, out=plan.out,
