@@ -8,7 +8,9 @@ bank), normalisation constants fixed on the first batch, momentum 0.5 for the ba
 
 The bank is training state: it is a buffer (checkpointed with the distiller, so a resumed run continues
 bit for bit), of 2 x N x `feat_dim` floats for N training samples (ImageNet: 1.31 GB; `kdbench plan`
-names it). Under DDP each rank updates its copy with its own batches, as the official code does."""
+names it). Under DDP, buffers are broadcast from rank 0 at every step (DDP's default, which the
+official code keeps): the banks each rank updates are replaced by rank 0's, so only rank 0's batches'
+updates last, as there."""
 
 import math
 from dataclasses import dataclass
