@@ -349,7 +349,7 @@ def items_md(root: Path = ROOT) -> str:
 def report(root: Path = ROOT) -> List[Path]:
     """Write budget.md, mixer.md, items.md, budget.csv (every grid's runs), budget.png and refresh the
     README's generated blocks."""
-    from kdbench.publish import README_BLOCK as BLOCK
+    from kdbench.leaderboard.publish import README_BLOCK as BLOCK
     from kdbench.results import atomic_write_bytes
     data, mixer = rows(root), mixer_rows(root)
     written = []

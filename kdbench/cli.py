@@ -19,10 +19,11 @@ from .dry_run import execute_dry_run
 from .errors import UsageError
 from .executors import LocalExecutor, Plan, RayExecutor, WorkersExecutor
 from .grid import pair_sets
+from .leaderboard import collect, render
+from .leaderboard.command import add_parser as add_leaderboard, cmd_leaderboard as leaderboard, emit
 from .models import zoo  # noqa: F401 (registers kdbench's members with timm, for `list models`)
 from .plan import cmd_plan as plan
 from .registry import DISTILLERS, load_plugin
-from .report import add_parser as add_leaderboard, cmd_leaderboard as leaderboard, collect, emit, render
 from .teachers import teacher_table
 from .viz import cmd_viz as viz
 

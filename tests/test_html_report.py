@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kdbench.browser import find_chromium
-from kdbench.html_report import COLUMNS, DASH, render_html
+from kdbench.leaderboard.html import COLUMNS, DASH, render_html
 
 EVIL = "<script>alert(1)</script>"
 PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"

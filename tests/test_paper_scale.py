@@ -25,7 +25,7 @@ from kdbench.data import DatasetInfo
 from kdbench.flops import count_step_flops
 from kdbench.plan import GPUS
 from kdbench.tasks import CLASSIFICATION
-from kdbench.report import collect
+from kdbench.leaderboard import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_PAIRS = "swin_tiny_patch4_window7_224:resnet18,convnext_tiny:deit_tiny_patch16_224"

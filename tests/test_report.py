@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from kdbench import report, stats
+from kdbench.leaderboard import collect, render, stats
+from kdbench.leaderboard.command import add_parser
+from kdbench.leaderboard.plots import plot_cd, plot_paths
+from kdbench.leaderboard.render import CSV_FIELDS
 from kdbench.errors import UsageError
 from kdbench.results import RunRecord, write_record
 
@@ -69,7 +72,7 @@ def cell(table, pair, distiller):
 
 
 def test_collect_rows_columns_and_groups(runs):
-    t = report.collect(runs)
+    t = collect(runs)
     assert t.preset == "tiny" and t.reference == "kd" and t.dataset == "fashion-mnist"
     assert t.distillers == ["vanilla", "kd", "dkd", "fitnet"]
     assert [(r.teacher, r.student) for r in t.rows] == [SWIN_R18, MIXER_DEIT, CONV_RESMLP, CUSTOM]
@@ -79,7 +82,7 @@ def test_collect_rows_columns_and_groups(runs):
 
 
 def test_cells_summaries_and_paired_tests(runs):
-    t = report.collect(runs)
+    t = collect(runs)
     kd = cell(t, SWIN_R18, "kd")
     assert kd.summary.n == 3 and kd.summary.mean == pytest.approx(np.mean([73.0, 74.5, 75.0]))
     assert kd.summary.std == pytest.approx(np.std([73.0, 74.5, 75.0], ddof=1))
@@ -99,7 +102,7 @@ def test_cells_summaries_and_paired_tests(runs):
 
 
 def test_failed_and_unfinished_runs_are_listed_not_averaged(runs):
-    t = report.collect(runs)
+    t = collect(runs)
     fit = cell(t, SWIN_R18, "fitnet")
     assert (fit.summary.n, fit.failed) == (2, 1) and fit.summary.mean == pytest.approx(69.5)
     dkd = cell(t, MIXER_DEIT, "dkd")
@@ -114,7 +117,7 @@ def test_half_written_and_foreign_records_are_listed_not_averaged(runs):
     pair_dir = runs / "tiny" / f"{CONV_RESMLP[0]}__{CONV_RESMLP[1]}"
     (pair_dir / "kd" / "seed0" / "result.json").write_text('{"schema": 1, "status": "do')      # cut short
     (pair_dir / "dkd" / "seed0" / "result.json").write_text(json.dumps({"schema": 0, "top1": 99.0}))
-    t = report.collect(runs)
+    t = collect(runs)
     errors = {p["dir"].split("/", 2)[2]: p["error"] for p in t.problems if p["status"] == "unreadable"}
     assert errors["kd/seed0"] == "result.json is not valid JSON"
     assert "dkd/seed0/result.json is not a kdbench run record of schema 1 (found schema 0)" in errors["dkd/seed0"]
@@ -123,7 +126,7 @@ def test_half_written_and_foreign_records_are_listed_not_averaged(runs):
 
 
 def test_across_pairs_gain_and_ranks(runs):
-    t = report.collect(runs)
+    t = collect(runs)
     means = {(r.teacher, r.student): {d: c.mean for d, c in r.cells.items()} for r in t.rows}
     kd_gain = np.mean([means[p]["kd"] - means[p]["vanilla"] for p in TOP1])
     assert t.gains["kd"] == {"gain": pytest.approx(kd_gain), "pairs": 4}
@@ -138,7 +141,7 @@ def test_across_pairs_gain_and_ranks(runs):
 
 
 def test_markdown(runs):
-    md = report.render(report.collect(runs), "md")
+    md = render(collect(runs), "md")
     lines = md.splitlines()
     header = next(x for x in lines if x.startswith("| teacher → student"))
     assert header.split("|")[3:7] == [" From scratch ", " KD ", " DKD ", " FitNet "]   # paper names
@@ -162,15 +165,15 @@ def test_significance_mark(tmp_path):
     for seed in range(8):
         for d, v in (("kd", 70 + 0.1 * seed), ("ofa", 75 + 0.3 * (seed % 3)), ("fitnet", 60 - 0.2 * (seed % 2))):
             write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, v))
-    t = report.collect(tmp_path)
+    t = collect(tmp_path)
     assert cell(t, pair, "ofa").comparison.p_wilcoxon is not None
-    md = report.render(t, "md")
+    md = render(t, "md")
     assert "(8)†↑" in md and "(8)†↓" in md
-    assert r"$^{\dagger\uparrow}$" in report.render(t, "latex")
+    assert r"$^{\dagger\uparrow}$" in render(t, "latex")
 
 
 def test_latex_booktabs(runs):
-    tex = report.render(report.collect(runs), "latex")
+    tex = render(collect(runs), "latex")
     for macro in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{llcccc}", r"\textit{CNN students}"):
         assert macro in tex
     assert r"Swin-T $\rightarrow$ ResNet18" in tex
@@ -180,9 +183,9 @@ def test_latex_booktabs(runs):
 
 
 def test_csv_long_format(runs):
-    t = report.collect(runs)
-    rows = list(csv.DictReader(io.StringIO(report.render(t, "csv"))))
-    assert len(rows) == 15 and set(report.CSV_FIELDS) <= set(rows[0])
+    t = collect(runs)
+    rows = list(csv.DictReader(io.StringIO(render(t, "csv"))))
+    assert len(rows) == 15 and set(CSV_FIELDS) <= set(rows[0])
     r = next(x for x in rows if x["teacher"] == MIXER_DEIT[0] and x["distiller"] == "dkd")
     d = np.array([56.0, 58.0, 57.5]) - np.array([55.0, 55.5, 57.0])
     assert float(r["mean"]) == pytest.approx(np.mean([56.0, 58.0, 57.5]))
@@ -194,8 +197,8 @@ def test_csv_long_format(runs):
 
 
 def test_json(runs):
-    t = report.collect(runs)
-    doc = json.loads(report.render(t, "json"))
+    t = collect(runs)
+    doc = json.loads(render(t, "json"))
     assert [d["name"] for d in doc["distillers"]] == t.distillers
     assert doc["friedman"]["pairs"] == 3 and doc["friedman"]["p"] == pytest.approx(t.friedman.p)
     assert len(doc["cells"]) == 15 and len(doc["problems"]) == 2
@@ -207,45 +210,45 @@ def test_published_reference_column_for_paper_preset(tmp_path):
     pair = ("swin_tiny_patch4_window7_224", "resnet18")
     for d, v in (("vanilla", 74.5), ("kd", 79.0)):
         write(tmp_path, "paper", pair, d, 0, record("paper", pair, d, 0, v))
-    t = report.collect(tmp_path)
+    t = collect(tmp_path)
     kd = cell(t, pair, "kd")
     assert (kd.published, kd.published_src) == (78.74, "V") and kd.gap == pytest.approx(0.26)
     assert cell(t, pair, "vanilla").published == 74.01         # scratch accuracy of the student
-    md = report.render(t, "md")
+    md = render(t, "md")
     assert "KD pub." in md and "78.74 V (+0.26)" in md
-    r = next(x for x in csv.DictReader(io.StringIO(report.render(t, "csv"))) if x["distiller"] == "kd")
+    r = next(x for x in csv.DictReader(io.StringIO(render(t, "csv"))) if x["distiller"] == "kd")
     assert float(r["published"]) == 78.74 and float(r["gap_to_published"]) == pytest.approx(0.26)
 
 
 def test_no_kd_means_no_reference(tmp_path):
     write(tmp_path, "tiny", SWIN_R18, "vanilla", 0, record("tiny", SWIN_R18, "vanilla", 0, 70.0))
-    t = report.collect(tmp_path)
-    assert t.reference is None and "No reference distiller" in report.render(t, "md")
+    t = collect(tmp_path)
+    assert t.reference is None and "No reference distiller" in render(t, "md")
 
 
 def test_usage_errors(runs, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
-        report.collect(tmp_path / "nope")
+        collect(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no run records"):
-        report.collect(tmp_path / "empty")
+        collect(tmp_path / "empty")
     with pytest.raises(UsageError, match="pass its parent"):
-        report.collect(runs / "tiny")
+        collect(runs / "tiny")
     with pytest.raises(UsageError, match="valid choices: dkd, fitnet, kd, vanilla"):
-        report.collect(runs, reference="ofa")
+        collect(runs, reference="ofa")
     with pytest.raises(UsageError, match="valid choices: tiny"):
-        report.collect(runs, preset="smoke")
+        collect(runs, preset="smoke")
     write(runs, "smoke", SWIN_R18, "kd", 0, record("smoke", SWIN_R18, "kd", 0, 50.0))
     with pytest.raises(UsageError, match="several presets.*smoke, tiny"):
-        report.collect(runs)
-    assert report.collect(runs, preset="smoke").preset == "smoke"
+        collect(runs)
+    assert collect(runs, preset="smoke").preset == "smoke"
     with pytest.raises(UsageError, match="unknown format"):
-        report.render(report.collect(runs, preset="tiny"), "xml")
+        render(collect(runs, preset="tiny"), "xml")
 
 
 def run_cli(argv):
     parser = argparse.ArgumentParser(prog="kdbench")
-    report.add_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -269,17 +272,17 @@ def test_command_line_and_plots(runs, tmp_path, capsys):
 def test_cd_plot_needs_rankable_data(tmp_path):
     write(tmp_path, "tiny", SWIN_R18, "kd", 0, record("tiny", SWIN_R18, "kd", 0, 70.0))
     with pytest.raises(UsageError, match="cannot draw a CD diagram"):
-        report.plot_cd(report.collect(tmp_path), tmp_path / "cd.png")
-    assert report.plot_paths("x/lb") == (Path("x/lb.png"), Path("x/lb-pairs.png"))
+        plot_cd(collect(tmp_path), tmp_path / "cd.png")
+    assert plot_paths("x/lb") == (Path("x/lb.png"), Path("x/lb-pairs.png"))
 
 
 def test_a_one_distiller_grid_publishes_without_the_figures_it_cannot_draw(tmp_path):
     """README's first command gives a table of kd alone: no differences, gains or ranks to draw."""
-    from kdbench.plots import plot_diffs
-    from kdbench.publish import publish
+    from kdbench.leaderboard.plots import plot_diffs
+    from kdbench.leaderboard.publish import publish
     for seed, v in enumerate((70.0, 71.0)):
         write(tmp_path, "tiny", SWIN_R18, "kd", seed, record("tiny", SWIN_R18, "kd", seed, v))
-    table = report.collect(tmp_path)
+    table = collect(tmp_path)
     with pytest.raises(UsageError, match="cannot draw differences to kd: no other distiller ran"):
         plot_diffs(table, tmp_path / "d.png")
     names = {p.name for p in publish(table, tmp_path / "pub", "lb")}
@@ -294,20 +297,20 @@ def test_seeds_of_one_cell_are_one_configuration(tmp_path):
             cfg = {"seed": seed, "recipe": {"lr": lr}, "distiller": {"name": d}}
             write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, 70.0 + seed, config=cfg,
                                                            config_hash=f"{d}-{seed}-{lr}"))
-    md = report.render(report.collect(tmp_path), "md")
+    md = render(collect(tmp_path), "md")
     assert "fitnet: runs with 2 different configurations" in md
     assert "kd: runs with" not in md
 
 
 def test_collect_restricted_to_pairs_and_distillers(runs):
-    t = report.collect(runs, pairs="swin_tiny_patch4_window7_224:resnet18,mixer_b16_224:deit_tiny_patch16_224",
+    t = collect(runs, pairs="swin_tiny_patch4_window7_224:resnet18,mixer_b16_224:deit_tiny_patch16_224",
                        distillers="vanilla,kd,dkd")
     assert [(r.teacher, r.student) for r in t.rows] == [SWIN_R18, MIXER_DEIT]
     assert t.distillers == ["vanilla", "kd", "dkd"] and t.problems[0]["dir"].endswith("dkd/seed3")
     assert t.friedman is not None and t.friedman.n == 2        # both pairs complete for all three
-    full = report.collect(runs)
+    full = collect(runs)
     assert cell(t, MIXER_DEIT, "kd").values == cell(full, MIXER_DEIT, "kd").values
-    assert [(r.teacher, r.student) for r in report.collect(runs, pairs="vit-mlp-students").rows] == \
+    assert [(r.teacher, r.student) for r in collect(runs, pairs="vit-mlp-students").rows] == \
         [MIXER_DEIT, CONV_RESMLP]                            # a pair set in preset order
 
 
@@ -318,7 +321,7 @@ def test_collect_restricted_to_pairs_and_distillers(runs):
 ])
 def test_collect_filters_reject_unknown_names(runs, kw, words):
     with pytest.raises(UsageError) as err:
-        report.collect(runs, **kw)
+        collect(runs, **kw)
     assert all(w in str(err.value) for w in words), str(err.value)
 
 
@@ -329,7 +332,7 @@ def test_exact_ties_share_rank_and_bold(tmp_path):
         for d, v in vals.items():
             for seed, x in enumerate(v):
                 write(tmp_path, "tiny", pair, d, seed, record("tiny", pair, d, seed, x + (shift if d == "kd" else 0)))
-    t = report.collect(tmp_path)
+    t = collect(tmp_path)
     dkd, fitnet = cell(t, SWIN_R18, "dkd"), cell(t, SWIN_R18, "fitnet")
     assert dkd.mean != fitnet.mean and round(dkd.mean, 2) == round(fitnet.mean, 2)
     assert dkd.best_in_row and fitnet.best_in_row
@@ -341,8 +344,8 @@ def test_exact_ties_share_rank_and_bold(tmp_path):
 
 def test_csv_and_json_recompute_every_statistic(runs):
     """Per-seed values in CSV/JSON are enough to recompute means, paired differences and gains."""
-    t = report.collect(runs)
-    rows = list(csv.DictReader(io.StringIO(report.render(t, "csv"))))
+    t = collect(runs)
+    rows = list(csv.DictReader(io.StringIO(render(t, "csv"))))
     by = {(r["teacher"], r["distiller"]): r for r in rows}
     for r in rows:
         seeds = [int(s) for s in r["seeds"].split()]
@@ -356,7 +359,7 @@ def test_csv_and_json_recompute_every_statistic(runs):
             assert float(r["diff_vs_ref"]) == pytest.approx(np.mean(d))
             if r["effect_size_dz"]:
                 assert float(r["effect_size_dz"]) == pytest.approx(np.mean(d) / np.std(d, ddof=1))
-    doc = json.loads(report.render(t, "json"))
+    doc = json.loads(render(t, "json"))
     cells = {(c["teacher"], c["distiller"]): c for c in doc["cells"]}
     assert cells[(SWIN_R18[0], "kd")]["top1_per_seed"] == {"0": 73.0, "1": 74.5, "2": 75.0}
     assert cells[(SWIN_R18[0], "kd")]["pair"] == "Swin-T → ResNet18" and cells[(SWIN_R18[0], "kd")]["method"] == "KD"
@@ -370,14 +373,14 @@ def test_csv_and_json_recompute_every_statistic(runs):
 
 
 def test_holm_note_counts_only_tests_that_ran(runs):
-    md = report.render(report.collect(runs), "md")
+    md = render(collect(runs), "md")
     # 12 comparisons with kd; the custom pair's three have one seed each (no test): 9 were tested
     assert "Holm-adjusted over the 9 comparisons that had a test" in md
     assert "not evidence of no difference" in md
 
 
 def test_findings_are_generated_from_the_table(runs):
-    text = report.render(report.collect(runs), "findings")
+    text = render(collect(runs), "findings")
     assert "Best average rank over all pairs (3 pairs, 4 distillers): DKD (1.33)" in text
     assert "FitNet on Mixer-B/16 → DeiT-T 41.00 vs 51.00 (-10.00)" in text
     assert "KD is above From scratch on 4 of 4 pairs" in text
@@ -396,21 +399,22 @@ def test_paper_order_finding_counts_method_pairs_by_hand(runs):
     here DKD > KD > scratch > FitNet: 5 of 6; ConvNeXt->ResMLP paper DKD > KD > scratch > FitNet, here
     KD > DKD > FitNet > scratch: 4 of 6, and the paper's best (DKD everywhere) is not best here. Mixer->DeiT-T's
     KD, DKD and FitNet numbers are recalled (R): 3 of the 12 compared."""
-    t = report.collect(runs)
+    t = collect(runs)
     assert t.order_source == "cifar100" and t.published_protocol is None
     row = next(r for r in t.rows if (r.teacher, r.student) == SWIN_R18)
     assert row.paper_values == {"vanilla": (74.01, "V"), "kd": (78.74, "V"), "dkd": (80.26, "V"), "fitnet": (78.87, "V")}
     assert all(c.published is None for r in t.rows for c in r.cells.values())
     assert ("Order of methods against the paper's table (published.yaml `cifar100`, the methods it reports on each "
             "pair): 13 of 18 method pairs in the paper's order, 5 reversed, over 3 pairs (gamma +0.44; 3 of the 12 "
-            "published numbers compared are recalled (R)); the paper's best (DKD on 3) is best here on 2 of 3.") in report.render(t, "findings")
+            "published numbers compared are recalled (R)); the paper's best (DKD on 3) is best here among the methods it "
+            "reports on 2 of 3, and among all 4 columns on 2 of 3.") in render(t, "findings")
 
 
 def test_finished_only_leaves_runs_in_progress_out(runs):
-    t = report.collect(runs, finished_only=True)
+    t = collect(runs, finished_only=True)
     assert [p["status"] for p in t.problems] == ["failed"]            # the unfinished seed 3 is not listed
     assert cell(t, MIXER_DEIT, "dkd").unfinished == 0
-    assert report.collect(runs).problems[-1]["status"] == "unfinished"
+    assert collect(runs).problems[-1]["status"] == "unfinished"
 
 
 @pytest.mark.parametrize("preset, pair, at_scale", [
@@ -425,22 +429,23 @@ def test_detection_tables_meet_the_papers_map(tmp_path, preset, pair, at_scale):
         for seed, x in enumerate((m - 0.5, m + 0.5)):
             rec = record(preset, pair, d, seed, None, top5=None, task="detection", metric="map", metrics={"map": x})
             write(tmp_path, preset, pair, d, seed, rec)
-    t = report.collect(tmp_path)
+    t = collect(tmp_path)
     kd = cell(t, pair, "kd")
     assert t.metric == "map" and t.order_source == "coco_detection"
     assert (kd.published, kd.gap) == ((34.07, pytest.approx(30.0 - 34.07)) if at_scale else (None, None))
-    md = report.render(t, "md")
+    md = render(t, "md")
     assert ("pub.: published mAP (COCO 2017" in md) == at_scale
     assert ("Order of methods against the paper's table (published.yaml `coco_detection`, the methods it reports on "
             "each pair): 4 of 6 method pairs in the paper's order, 2 reversed, over 1 pair (gamma +0.33); the paper's "
-            "best (PAT on 1) is best here on 0 of 1.") in report.render(t, "findings")
+            "best (PAT on 1) is best here among the methods it reports on 0 of 1, and among all "
+            f"{len(t.distillers)} columns on 0 of 1.") in render(t, "findings")
 
 
 def test_a_table_that_mixes_allocators_says_so(runs):
     """Wall times under tcmalloc and glibc are not comparable: the table notes the mix (records without
     `versions.malloc` predate it and count as system)."""
-    assert not any("allocators" in n for n in report.collect(runs).notes)
+    assert not any("allocators" in n for n in collect(runs).notes)
     write(runs, "tiny", SWIN_R18, "vanilla", 3, record("tiny", SWIN_R18, "vanilla", 3, 71.0,
                                                        versions={"malloc": "tcmalloc"}))
     assert ("Wall times and memory mix memory allocators: 38 runs under system, 1 run under tcmalloc"
-            in report.render(report.collect(runs), "md"))
+            in render(collect(runs), "md"))

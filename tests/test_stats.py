@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from kdbench import stats
+from kdbench.leaderboard import stats
 
 DEMSAR_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031}   # Demšar 2006, Table 5a
 
@@ -79,7 +79,7 @@ def test_holm_comparisons_sets_p_holm():
 
 
 def test_average_gain_over_baseline():
-    from kdbench.across import gains_over
+    from kdbench.leaderboard.across import gains_over
     means = [{"vanilla": 70.0, "kd": 72.0, "ofa": 75.0}, {"vanilla": 60.0, "kd": 59.0}, {"kd": 90.0}]
     g = gains_over(means, ["vanilla", "kd", "ofa"], "vanilla")
     assert set(g) == {"kd", "ofa"}
@@ -156,7 +156,7 @@ def test_paired_difference_interval_and_effect_size_by_hand():
 
 
 def test_wilcoxon_over_pairs_wins_ties_losses_and_holm():
-    from kdbench.across import gain, gains_over
+    from kdbench.leaderboard.across import gain, gains_over
     base = [50.0 + i for i in range(8)]
     up = [{"m": b + 0.5 + 0.1 * i, "v": b} for i, b in enumerate(base)]          # 8 wins, distinct gains
     g = gain(up, "m", "v")
@@ -178,7 +178,7 @@ def test_wilcoxon_over_pairs_wins_ties_losses_and_holm():
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
-    from kdbench.across import bootstrap_ci
+    from kdbench.leaderboard.across import bootstrap_ci
     d = np.array([-20.0, 0.5, 1.0, 1.5, 2.0, 0.7])
     lo, hi = bootstrap_ci(d)
     assert (lo, hi) == bootstrap_ci(d) and lo < d.mean() < hi

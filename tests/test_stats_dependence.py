@@ -5,8 +5,8 @@ across-pairs gain (pairs share teachers and students). Hand-computed tables."""
 import numpy as np
 import pytest
 
-from kdbench import stats
-from kdbench.across import gain, two_way_bootstrap_ci
+from kdbench.leaderboard import stats
+from kdbench.leaderboard.across import gain, two_way_bootstrap_ci
 
 
 def test_permutation_friedman_by_hand_two_pairs_three_methods():

@@ -4,14 +4,14 @@ per-pair differences to the reference, and accuracy against cost. People read pa
 import io
 from pathlib import Path
 
+from ..errors import UsageError
 from . import stats
-from .errors import UsageError
-from .leaderboard import BASELINE, COSTS, Table, method_display
+from .table import BASELINE, COSTS, Table, method_display
 
 
 def plot_cd(table: Table, path) -> None:
     """Critical-difference diagram (Demšar 2006): average ranks, bars join groups within the CD."""
-    from matplotlib.figure import Figure      # deferred: matplotlib is heavy, and only drawing needs it
+    from matplotlib.figure import Figure  # deferred: matplotlib is heavy, and only drawing needs it
     fr = table.friedman
     k = len(fr.names)
     if k < 2 or not fr.n:
@@ -112,7 +112,7 @@ def plot_diffs(table: Table, path) -> None:
 
 
 def _per_pair(table: Table, path, value, ylabel: str, title: str, zero_line: bool = False, skip=None):
-    from matplotlib.figure import Figure      # deferred: matplotlib is heavy, and only drawing needs it
+    from matplotlib.figure import Figure  # deferred: matplotlib is heavy, and only drawing needs it
     rows, names = table.rows, [d for d in table.distillers if d != skip]
     fig = Figure(figsize=(max(7.0, 0.75 * len(rows) + 2.5), 5.0))
     ax = fig.add_axes((0.1, 0.3, 0.88, 0.6))
@@ -145,7 +145,7 @@ COST_AXES = (("wall_s", "wall time per run (s)"), ("extra_params", "training-onl
 def plot_cost(table: Table, path) -> None:
     """Accuracy against cost: per distiller, its mean gain over vanilla across pairs against its mean
     wall time per run and its training-only parameters (means over the pairs with results)."""
-    from matplotlib.figure import Figure      # deferred: matplotlib is heavy, and only drawing needs it
+    from matplotlib.figure import Figure  # deferred: matplotlib is heavy, and only drawing needs it
     gains = table.blocks[0].over_baseline if table.blocks else {}
     if not gains:
         raise UsageError("cannot draw accuracy vs cost: no vanilla runs to measure gains against")

@@ -2,7 +2,7 @@
 
 `collect` reads `<out>/<preset>/<teacher>__<student>/<distiller>/seed<k>/` through `kdbench.results`
 and computes every statistic; `kdbench.render` (text formats) and `kdbench.plots` (figures) only
-format a Table. `kdbench.report` is the `kdbench leaderboard` command.
+format a Table. `kdbench.leaderboard.command` is the `kdbench leaderboard` command.
 """
 
 import json
@@ -13,14 +13,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..assets import published_data, read_yaml
+from ..config import load_preset, preset_names
+from ..errors import UsageError, unknown_choice
+from ..grid import pair_sets, resolve_pairs
+from ..registry import DISTILLERS
+from ..results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record_file, read_record
 from . import stats
 from .across import Gain, gains_over
-from .assets import published_data, read_yaml
-from .config import load_preset, preset_names
-from .errors import UsageError, unknown_choice
-from .grid import pair_sets, resolve_pairs
-from .registry import DISTILLERS
-from .results import CHECKPOINT, RESULT_FILE, RecordError, RunRecord, has_record_file, read_record
 
 FIRST = ("vanilla", "kd")                       # column order: these, then the rest alphabetically
 BASELINE = "vanilla"

@@ -13,13 +13,13 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
-from .errors import UsageError, unknown_choice
+from ..errors import UsageError, unknown_choice
+from ..results import atomic_write_bytes, read_metrics
 from .findings import render_findings
-from .html_report import render_html
-from .leaderboard import Table
+from .html import render_html
 from .plots import plot_cd, plot_cost, plot_diffs, plot_pairs, png_bytes
 from .render import TEXT_FORMATS, render_text
-from .results import atomic_write_bytes, read_metrics
+from .table import Table
 
 FORMATS = TEXT_FORMATS + ("findings", "html")
 

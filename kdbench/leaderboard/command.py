@@ -1,20 +1,12 @@
-"""`kdbench leaderboard`: run records -> table model -> Markdown/CSV/LaTeX/JSON and PNG plots (docs/design.md §1).
-
-`kdbench.leaderboard.collect` reads the records and computes every statistic; `kdbench.render` and
-`kdbench.plots` only format the Table. This module is the subcommand (`add_parser`,
-`cmd_leaderboard`, `emit`) and the one import point for all of it.
-"""
+"""`kdbench leaderboard`, the subcommand (`add_parser`, `cmd_leaderboard`, `emit`): run records ->
+`table.collect` (every statistic) -> `publish.render` (any format) or `publish.publish` (a folder), and
+the PNG plots (docs/design.md §1)."""
 
 import sys
 
-from .assets import published_data
-from .leaderboard import ALPHA, BASELINE, Cell, Row, Table, collect
 from .plots import plot_cd, plot_pairs, plot_paths
 from .publish import FORMATS, publish, render
-from .render import CSV_FIELDS, cell_records
-
-__all__ = ["ALPHA", "BASELINE", "CSV_FIELDS", "FORMATS", "Cell", "Row", "Table", "add_parser", "cell_records",
-           "cmd_leaderboard", "collect", "emit", "plot_cd", "plot_pairs", "plot_paths", "published_data", "render"]
+from .table import collect
 
 
 def add_parser(subparsers):

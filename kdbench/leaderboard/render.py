@@ -5,9 +5,9 @@ import io
 import json
 from typing import List, Optional
 
+from ..errors import unknown_choice
 from .across import as_dict as gain_dict, tested_count
-from .errors import unknown_choice
-from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, COSTS, Cell, Table, method_display
+from .table import ALL_PAIRS, ALPHA, BASELINE, COSTS, Cell, Table, method_display
 
 TEXT_FORMATS = ("md", "csv", "latex", "json")
 

@@ -13,11 +13,11 @@ from collections import Counter
 from itertools import combinations
 from typing import List
 
-from .config import load_preset, preset_names
-from .grid import resolve_pairs
-from .leaderboard import ALL_PAIRS, ALPHA, BASELINE, GroupStats, Table, method_display
-from .registry import DISTILLERS
+from ..config import load_preset, preset_names
+from ..grid import resolve_pairs
+from ..registry import DISTILLERS
 from .stats import rounded
+from .table import ALL_PAIRS, ALPHA, BASELINE, GroupStats, Table, method_display
 
 COLLAPSE = 5.0          # points below vanilla that a finding calls a collapse
 
