@@ -132,3 +132,13 @@ def test_the_checker_finds_a_circle_and_an_unexplained_import(tmp_path):
     assert circles(edges) == [["kdbench.a", "kdbench.b"]]
     assert inner == [("kdbench.b", 2, "from kdbench.a import y")]
     assert edges["distillers.c"] == {"distillers.d"} and edges["distillers.d"] == set()
+
+
+def test_the_leaderboard_package_imports_one_way():
+    """records -> table -> statistics -> findings -> renderers -> publish -> command: no module imports
+    one later on that line (stats and across are the table's pure computations)."""
+    edges, _ = graph()
+    order = ["stats", "across", "table", "findings", "render", "plots", "html", "publish", "command"]
+    rank = {f"kdbench.leaderboard.{m}": i for i, m in enumerate(order)}
+    backwards = [(a, b) for a in rank for b in edges[a] if b in rank and rank[b] >= rank[a]]
+    assert backwards == [] and set(rank) <= set(edges)
