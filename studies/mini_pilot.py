@@ -51,8 +51,10 @@ def stages() -> List[Tuple[str, str, List[str]]]:
                 "--seeds", seeds, *sets]
     return [
         ("teachers", "a", ["teach", "--preset", PRESET, "--pairs", "all"]),
-        ("a-scratch", "a", run("a", "vanilla", SCRATCH_PAIRS, "0,1,2")),
-        ("a-kd", "a", run("a", "kd", ALL_PAIRS, "0,1,2")),
+        ("a-scratch", "a", run("a", "vanilla", SCRATCH_PAIRS, "0")),          # one seed on every pair first,
+        ("a-kd", "a", run("a", "kd", ALL_PAIRS, "0")),                        # so that a partial pilot covers them
+        ("a-scratch-seeds", "a", run("a", "vanilla", SCRATCH_PAIRS, "0,1,2")),
+        ("a-kd-seeds", "a", run("a", "kd", ALL_PAIRS, "0,1,2")),
         ("a-order", "a", run("a", "vanilla,ofa,pat", ORDER_PAIRS, "0,1")),
         ("a-cost", "a", run("a", ",".join(COST_COLUMNS), ORDER_PAIRS[:1], "0")),
         ("a2-order", "a2", run("a2", "vanilla,kd,ofa,pat", ORDER_PAIRS, "0,1")),

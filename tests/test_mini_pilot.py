@@ -40,7 +40,7 @@ def test_the_pilot_plan_runs_from_scratch_once_per_student():
     students = [p.split(":")[1] for p in mini_pilot.SCRATCH_PAIRS]
     assert sorted(students) == sorted({p.split(":")[1] for p in mini_pilot.ALL_PAIRS}) and len(students) == 5
     names = [name for name, _, _ in mini_pilot.stages()]
-    assert names[0] == "teachers" and names.index("a-kd") < names.index("a2-order") < names.index("b-kd")
+    assert names[0] == "teachers" and names.index("a-kd") < names.index("a-kd-seeds") < names.index("a2-order") < names.index("b-kd")
 
 
 def test_committed_pilot_table_regenerates():
