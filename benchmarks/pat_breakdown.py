@@ -15,9 +15,8 @@ import argparse
 import json
 import statistics
 import sys
-from types import SimpleNamespace
 
-from kdbench.bench import bench
+from kdbench.bench import BenchRequest, bench
 
 VARIANTS = (("raa", ["distiller.afp=false"]), ("prompts", ["distiller.feedback=none"]), ("pat", []))
 PAIRS = ("swin_tiny_patch4_window7_224:resnet18", "vit_small_patch16_224:mobilenetv2_100",
@@ -30,9 +29,8 @@ def measure(preset: str, pair: str, steps: int, repeats: int, device: str) -> di
     for name, overrides in VARIANTS:
         rows = []
         for _ in range(repeats):
-            args = SimpleNamespace(plugin=[], steps=steps, warmup=2, batch_size=None, data=False, distillers="pat",
-                                   preset=preset, pair=pair, overrides=overrides, device=device)
-            row = bench(args)[0]
+            row = bench(BenchRequest(steps=steps, warmup=2, distillers="pat", preset=preset, pair=pair,
+                                     overrides=tuple(overrides), device=device))[0]
             rows.append(row)
             kd_ms.append(row["step_ms"] / row["ratio_to_kd"])
         out[name] = {"step_ms": statistics.median(r["step_ms"] for r in rows),

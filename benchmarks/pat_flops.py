@@ -15,18 +15,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-from kdbench.bench import bench
+from kdbench.bench import BenchRequest, bench
 
 from .pat_breakdown import PAIRS, VARIANTS
 
 
 def flops_of(preset: str, pair: str, distiller: str, overrides: list) -> tuple:
     """(the pair at the preset's scale, training FLOPs per image of the cell): one timed step counts them."""
-    args = SimpleNamespace(plugin=[], steps=1, warmup=0, batch_size=None, data=False, overhead=False,
-                           distillers=distiller, preset=preset, pair=pair, overrides=overrides, device="cpu")
-    row = next(r for r in bench(args) if r["distiller"] == distiller)
+    request = BenchRequest(steps=1, warmup=0, distillers=distiller, preset=preset, pair=pair,
+                           overrides=tuple(overrides), device="cpu")
+    row = next(r for r in bench(request) if r["distiller"] == distiller)
     return row["pair"], row["train_flops_per_img"]
 
 

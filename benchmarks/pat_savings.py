@@ -19,9 +19,8 @@ rows report step time, the ratio to KD and the saving against `none`.
 import argparse
 import json
 import sys
-from types import SimpleNamespace
 
-from kdbench.bench import bench
+from kdbench.bench import BenchRequest, bench
 
 OFF = {"closed_form": "distiller.closed_form=false", "replay": "distiller.replay_prefix=false",
        "gathered": "distiller.gathered_aligners=false"}
@@ -34,10 +33,8 @@ PAIRS = ("swin_tiny_patch4_window7_224:resnet18", "convnext_tiny:deit_tiny_patch
 def measure(preset, pair, steps, batch_size, overrides, device="cpu"):
     rows = []
     for name, extra in VARIANTS.items():
-        args = SimpleNamespace(plugin=[], steps=steps, warmup=1, batch_size=batch_size, data=False, overhead=False,
-                               distillers="pat", preset=preset, pair=pair, overrides=list(overrides) + extra,
-                               device=device)
-        row = bench(args)[0]
+        row = bench(BenchRequest(steps=steps, warmup=1, batch_size=batch_size, distillers="pat", preset=preset,
+                                 pair=pair, overrides=tuple(overrides) + tuple(extra), device=device))[0]
         rows.append({"pair": row["pair"], "variant": name, "overrides": list(overrides) + extra,
                      "batch_size": row["batch_size"], "steps": steps, "step_ms": row["step_ms"],
                      "ratio_to_kd": row["ratio_to_kd"], "kd_ms": round(row["step_ms"] / row["ratio_to_kd"], 2)})

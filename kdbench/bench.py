@@ -1,7 +1,9 @@
 """`kdbench bench`: steady-state training-step speed, memory and parameter counts per distiller."""
 
+import dataclasses
 import time
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -23,7 +25,31 @@ def _sig(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def bench(args) -> List[Dict]:
+@dataclass(frozen=True)
+class BenchRequest:
+    """What `kdbench bench` measures, as its options say (scripts build one instead of an argv)."""
+
+    pair: str = "all"
+    distillers: str = "kd"
+    preset: str = "tiny"
+    steps: int = 20                     # timed steps; 0: parameter counts only
+    warmup: int = 3
+    batch_size: Optional[int] = None    # default: the preset recipe's
+    device: str = "auto"
+    overrides: Tuple[str, ...] = ()     # --set KEY=VALUE
+    plugin: Tuple[str, ...] = ()
+    data: bool = False                  # the loader instead of the distillers
+    workers: int = 2
+    overhead: bool = False              # engine vs bare loop vs plain timm
+    rounds: int = 5
+
+    @classmethod
+    def from_args(cls, args) -> "BenchRequest":
+        return cls(**{f.name: (tuple(v) if isinstance(v := getattr(args, f.name), list) else v)
+                      for f in dataclasses.fields(cls)})
+
+
+def bench(args: BenchRequest) -> List[Dict]:
     """One row per (pair, distiller). `steps=0` counts parameters only (nothing is trained)."""
     for module in args.plugin:
         load_plugin(module)
@@ -31,9 +57,9 @@ def bench(args) -> List[Dict]:
         raise UsageError(f"--steps and --warmup must be >= 0, got {args.steps} and {args.warmup}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if getattr(args, "data", False):
+    if args.data:
         return _bench_data(args)
-    if getattr(args, "overhead", False):
+    if args.overhead:
         return _bench_overhead(args)
     names = DISTILLERS.parse(args.distillers)
     timed = args.steps > 0

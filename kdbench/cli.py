@@ -11,7 +11,7 @@ from typing import List
 import timm
 
 from . import __version__, distributed
-from .bench import bench, format_rows
+from .bench import BenchRequest, bench, format_rows
 from .bench_overhead import format_overhead
 from .config import load_preset, preset_names
 from .context import LOCAL, RunContext
@@ -232,7 +232,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    rows = bench(args)
+    rows = bench(BenchRequest.from_args(args))
     if args.overhead and not args.json:
         print(format_overhead(rows))
     elif args.data and not args.json:

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 from scipy.stats import kendalltau
 
 from kdbench.leaderboard import collect
+from kdbench.leaderboard.publish import README_BLOCK
 from kdbench.results import atomic_write_bytes, read_metrics
 from studies.mini_pilot import ALL_PAIRS, ORDER_PAIRS, ROOT, SCRATCH_PAIRS
 
@@ -223,11 +224,19 @@ def _csv(x):
 
 
 def write_report(root: Path = ROOT) -> List[Path]:
+    """pilot.md and pilot.csv beside `root`, and the README's block that quotes pilot.md."""
     written = []
     for name, text in render(root).items():
         path = root.parent / name
         atomic_write_bytes(path, text.encode())
         written.append(path)
+    readme = root.parent / "README.md"
+    if readme.is_file():
+        text = readme.read_text()
+        new = README_BLOCK.sub(lambda m: m[1] + (root.parent / m[2]).read_text() + m[4], text)
+        if new != text:
+            atomic_write_bytes(readme, new.encode())
+            written.append(readme)
     return written
 
 

@@ -230,3 +230,16 @@ def test_out_under_a_regular_file_is_a_usage_error(tmp_path, capsys):
                  "--out", str(tmp_path / "afile" / "sub")]) == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and err.count("\n") == 1
+
+
+def test_bench_takes_a_typed_request_as_the_command_line_builds_it():
+    """Scripts call `bench(BenchRequest(...))`; the CLI builds the same request from its options."""
+    from kdbench.bench import BenchRequest, bench
+    from kdbench.cli import build_parser
+    args = build_parser().parse_args(["bench", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--preset", "smoke",
+                                      "--distillers", "kd,rsd", "--steps", "0", "--set", "recipe.lr=0.01"])
+    request = BenchRequest.from_args(args)
+    assert request == BenchRequest(pair="kdbench_vit_s_xs:kdbench_resnet18_xs", preset="smoke", distillers="kd,rsd",
+                                   steps=0, overrides=("recipe.lr=0.01",))
+    rows = bench(request)
+    assert [r["distiller"] for r in rows] == ["kd", "rsd"] and rows[1]["extra_params"] > 0
