@@ -1,6 +1,5 @@
 """`kdbench bench`: steady-state training-step speed, memory and parameter counts per distiller."""
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -42,11 +41,6 @@ class BenchRequest:
     workers: int = 2
     overhead: bool = False              # engine vs bare loop vs plain timm
     rounds: int = 5
-
-    @classmethod
-    def from_args(cls, args) -> "BenchRequest":
-        return cls(**{f.name: (tuple(v) if isinstance(v := getattr(args, f.name), list) else v)
-                      for f in dataclasses.fields(cls)})
 
 
 def bench(args: BenchRequest) -> List[Dict]:

@@ -20,10 +20,11 @@ from .errors import UsageError
 from .executors import LocalExecutor, Plan, RayExecutor, WorkersExecutor
 from .grid import pair_sets
 from .leaderboard import collect, render
-from .leaderboard.command import add_parser as add_leaderboard, cmd_leaderboard as leaderboard, emit
+from .leaderboard.command import LeaderboardRequest, add_parser as add_leaderboard, cmd_leaderboard as leaderboard, emit
 from .models import zoo  # noqa: F401 (registers kdbench's members with timm, for `list models`)
-from .plan import cmd_plan as plan
+from .plan import PlanRequest, cmd_plan as plan
 from .registry import DISTILLERS, load_plugin
+from .requests import from_args
 from .teachers import teacher_table
 from .viz import cmd_viz as viz
 
@@ -220,7 +221,7 @@ def print_leaderboard(plan, context: RunContext = LOCAL):
 
 
 def cmd_plan(args) -> int:
-    return plan(args)
+    return plan(from_args(PlanRequest, args))
 
 
 def cmd_viz(args) -> int:
@@ -228,11 +229,11 @@ def cmd_viz(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    return leaderboard(args)
+    return leaderboard(from_args(LeaderboardRequest, args))
 
 
 def cmd_bench(args) -> int:
-    rows = bench(BenchRequest.from_args(args))
+    rows = bench(from_args(BenchRequest, args))
     if args.overhead and not args.json:
         print(format_overhead(rows))
     elif args.data and not args.json:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -47,7 +47,23 @@ def measured_utilisation() -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def plan(args) -> dict:
+@dataclass(frozen=True)
+class PlanRequest:
+    """What `kdbench plan` projects, as its options say."""
+
+    preset: str = "paper"
+    pairs: str = "all"
+    distiller: str = "all"
+    seeds: Optional[str] = None             # a count or a list; default: the preset's
+    overrides: Tuple[str, ...] = ()         # --set KEY=VALUE
+    plugin: Tuple[str, ...] = ()
+    gpus: Optional[str] = None              # GPU classes (default: all known)
+    utilisation: Optional[float] = None
+    json: bool = False
+    json_out: Optional[str] = None
+
+
+def plan(args: PlanRequest) -> dict:
     """The grid's cells with FLOPs per step and per recipe and projected hours per GPU class."""
     for module in args.plugin:
         load_plugin(module)
@@ -160,7 +176,7 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args: PlanRequest) -> int:
     p = plan(args)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     if args.json_out:

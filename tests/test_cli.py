@@ -236,10 +236,20 @@ def test_bench_takes_a_typed_request_as_the_command_line_builds_it():
     """Scripts call `bench(BenchRequest(...))`; the CLI builds the same request from its options."""
     from kdbench.bench import BenchRequest, bench
     from kdbench.cli import build_parser
+    from kdbench.requests import from_args
     args = build_parser().parse_args(["bench", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--preset", "smoke",
                                       "--distillers", "kd,rsd", "--steps", "0", "--set", "recipe.lr=0.01"])
-    request = BenchRequest.from_args(args)
+    request = from_args(BenchRequest, args)
     assert request == BenchRequest(pair="kdbench_vit_s_xs:kdbench_resnet18_xs", preset="smoke", distillers="kd,rsd",
                                    steps=0, overrides=("recipe.lr=0.01",))
     rows = bench(request)
     assert [r["distiller"] for r in rows] == ["kd", "rsd"] and rows[1]["extra_params"] > 0
+
+
+def test_plan_and_leaderboard_take_typed_requests(tmp_path, capsys):
+    from kdbench.leaderboard.command import LeaderboardRequest, cmd_leaderboard
+    from kdbench.plan import PlanRequest, plan
+    p = plan(PlanRequest(preset="smoke", pairs="kdbench_vit_s_xs:kdbench_resnet18_xs", distiller="kd"))
+    assert [c["distiller"] for c in p["cells"]] == ["kd"] and p["preset"] == "smoke"
+    assert cmd_leaderboard(LeaderboardRequest(out="benchmarks/results/smoke/runs", format="csv")) == 0
+    assert capsys.readouterr().out.startswith("preset,dataset,group,pair,method,teacher,")

@@ -3,6 +3,8 @@
 the PNG plots (docs/design.md §1)."""
 
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 from .plots import plot_cd, plot_pairs, plot_paths
 from .publish import FORMATS, publish, render
@@ -33,7 +35,22 @@ def add_parser(subparsers):
     return p
 
 
-def cmd_leaderboard(args) -> int:
+@dataclass(frozen=True)
+class LeaderboardRequest:
+    """What `kdbench leaderboard` tabulates and where it writes, as its options say."""
+
+    out: str = "runs"
+    preset: Optional[str] = None
+    reference: Optional[str] = None
+    pairs: Optional[str] = None
+    distillers: Optional[str] = None
+    format: str = "md"
+    plot: Optional[str] = None
+    publish: Optional[str] = None
+    name: Optional[str] = None
+
+
+def cmd_leaderboard(args: LeaderboardRequest) -> int:
     """Print the leaderboard of `args.out` in `args.format`; write the plots when `args.plot` is set."""
     table = collect(args.out, args.preset, args.reference, pairs=args.pairs, distillers=args.distillers,
                     finished_only=bool(args.publish))
