@@ -161,11 +161,19 @@ def test_gpu_check_cpu_self_test(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "gpu-check.json").read_text())
-    assert [s["step"] for s in result["steps"]] == ["probe", "plan", "dry-eager", "dry-compile", "dry-fused", "tiny"]
+    assert [s["step"] for s in result["steps"]] == ["probe", "plan", "dry-eager", "dry-compile", "dry-fused", "faithful",
+                                                     "faithful-compile", "heaviest", "overhead", "teach-twice",
+                                                     "detection", "boxes", "tiny"]
     assert result["ok"] and all(s["rc"] == 0 for s in result["steps"])
-    assert len(result["dry_run"]) == 14 and all(c["status"] == "done" and c["utilisation"] > 0
-                                                for c in result["dry_run"])
-    assert sorted(c["mode"] for c in result["dry_run"] if c["mode"] == "fused") == ["fused", "fused"]
+    modes = [c["mode"] for c in result["dry_run"]]
+    assert {m: modes.count(m) for m in set(modes)} == {"eager": 6, "compile": 6, "fused": 2, "faithful": 2,
+                                                       "faithful-compile": 2, "heaviest": 1}
+    assert all(c["status"] == "done" for c in result["dry_run"])
+    assert all(c["utilisation"] > 0 for c in result["dry_run"] if c["mode"] != "heaviest")
+    assert result["boxes"]["ok"] and result["boxes"]["proposals"] == ["float32"]
+    assert [r["distiller"] for r in result["overhead"]] == ["kd"] and result["overhead"][0]["engine_over_bare"] > 0
+    assert "verified" in (out / "teach-twice.log").read_text()             # the second teach re-verified
+    assert [t["distiller"] for t in result["tiny_vs_cpu"]] == sorted(t["distiller"] for t in result["tiny"])
     assert sorted(t["distiller"] for t in result["tiny"]) == ["kd", "pat"]
     assert all(t["status"] == "done" for t in result["tiny"])
     assert json.loads((out / "gpu-utilisation.json").read_text())["utilisation"] == result["utilisation"]
