@@ -175,10 +175,10 @@ def test_det_tiny_readme_verdict_holds_on_its_records(monkeypatch):
 
 
 def test_speed_claims_in_the_docs_match_their_json():
-    """benchmarks/README.md's ratios to KD (bench-tiny-cpu.json) and docs/pat.md's PAT breakdown
+    """benchmarks/README.md's ratios to KD (bench-tiny-cpu-session3.json) and docs/pat.md's PAT breakdown
     (pat-breakdown-tiny-cpu.json), as printed."""
     ratios = {(r["pair"].split(":")[1], r["distiller"]): r["ratio_to_kd"]
-              for r in json.loads((ROOT / "benchmarks" / "results" / "bench-tiny-cpu.json").read_text())}
+              for r in json.loads((ROOT / "benchmarks" / "results" / "bench-tiny-cpu-session3.json").read_text())}
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     for student, method in (("kdbench_resnet18_s", "ofa"), ("kdbench_mobilenetv2_s", "ofa"), ("kdbench_deit_t_s", "ofa"),
                             ("kdbench_swin_p_s", "ofa"), ("kdbench_resnet18_s", "reviewkd"),
@@ -195,3 +195,49 @@ def test_speed_claims_in_the_docs_match_their_json():
             and f"median of 3 repeats, {cell['pat']['ratio_to_kd']:.2f}×" in doc)
     assert (f"RAA + aligners + HCL {cell['raa']['ratio_to_kd']:.2f}×, with the prompted teacher pass "
             f"{cell['prompts']['ratio_to_kd']:.2f}×" in doc)
+
+
+def test_the_producer_table_lists_every_results_entry():
+    """benchmarks/README.md, "What produces what": every entry of benchmarks/results/ once, nothing else;
+    no two result files share a name."""
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    section = text.split("## What produces what", 1)[1].split("\n## ", 1)[0]
+    listed = set()
+    for row in re.findall(r"^\| (`results/.*?) \| ", section, re.M):
+        last = None
+        for name in re.findall(r"`([^`]+)`", row):
+            last = name if name.startswith("results/") else last.rsplit(".", 1)[0] + name
+            listed.add(last)
+    present = {f"results/{p.name}" + ("/" if p.is_dir() else "") for p in (ROOT / "benchmarks" / "results").iterdir()}
+    assert listed == present
+    files = [p.name for p in (ROOT / "benchmarks" / "results").rglob("*") if p.is_file() and "runs" not in p.parts]
+    assert sorted(n for n in set(files) if files.count(n) > 1 and n != "README.md") == []
+
+
+def test_tiny_readme_says_what_it_cannot_tell_as_its_records_do(monkeypatch):
+    """benchmarks/results/tiny/README.md, "What this leaderboard can and cannot tell", figure by figure."""
+    import statistics
+    from scipy.stats import spearmanr
+    from kdbench.results import iter_records
+    monkeypatch.chdir(ROOT)
+    where = ROOT / "benchmarks" / "results" / "tiny"
+    text = " ".join((where / "README.md").read_text().split())
+    records = [r for r in iter_records(where / "runs" / "tiny") if r.status == "done"]
+    last = sum(r.best_epoch == r.epochs for r in records)
+    assert f"In {last} of {len(records)} runs the best scored epoch is the last" in text and last == len(records) == 288
+    t = collect(str((where / "runs").relative_to(ROOT)), finished_only=True)
+    scratch = {r.student: r.cells["vanilla"] for r in t.rows}
+    deit, resmlp = scratch["kdbench_deit_t_s"], scratch["kdbench_resmlp_s12_s"]
+    assert (f"DeiT-T reaches {deit.mean:.2f} and ResMLP-S12 {resmlp.mean:.2f} (seed SD "
+            f"{statistics.stdev(deit.values.values()):.2f} and {statistics.stdev(resmlp.values.values()):.2f} over 3 seeds)") in text
+    gaps = [r.teacher_top1 - r.cells["vanilla"].mean for r in t.rows]
+    kd = [r.cells["kd"].mean - r.cells["vanilla"].mean for r in t.rows]
+    rho = spearmanr(gaps, kd)
+    assert f"Spearman ρ = {rho.statistic:.2f} (n = 12, p = {rho.pvalue:.2f}, not significant)" in text and rho.pvalue > 0.05
+    top = sorted(zip(gaps, kd), reverse=True)[:4]
+    assert (f"largest headroom ({min(g for g, _ in top):.2f} to {max(g for g, _ in top):.2f} points) give KD "
+            f"{min(k for _, k in top):.2f} to {max(k for _, k in top):+.2f}") in text
+    tops = [r.teacher_top1 for r in t.rows]
+    assert f"(top-1 {min(tops):.2f} to {max(tops):.2f})" in text
+    assert {(r.config["teacher_config"]["vit_mlp"]["epochs"], r.config["teacher_config"]["train_limit"])
+            for r in records} == {(2, 40000)}
