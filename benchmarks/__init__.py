@@ -1,1 +1,2 @@
-"""Benchmark definitions: presets (YAML), pair sets, published numbers, speed benchmarks."""
+"""kdbench's runtime assets (presets, pair sets, model names, published numbers), installed as the package
+data `kdbench.benchmarks` (pyproject.toml); beside them in the repository: results/ and the GPU check."""

@@ -1,17 +1,28 @@
-"""The project's data files (presets, pair sets, published numbers), found beside the installed
-`kdbench` package, never through `import benchmarks`: a folder named `benchmarks` in the user's
-working directory must not shadow them."""
+"""The project's data files (presets, pair sets, published numbers): the repository's benchmarks/
+folder, installed as the package data `kdbench.benchmarks` (pyproject.toml maps it) and found through
+importlib.resources, never through `import benchmarks`: a folder named `benchmarks` in the user's
+working directory cannot shadow them, and no top-level `benchmarks` package is installed."""
 
 import functools
+import importlib.resources
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _root() -> Path:
+    try:
+        return Path(str(importlib.resources.files("kdbench.benchmarks")))
+    except ModuleNotFoundError:          # a source checkout that is not installed: the folder beside kdbench/
+        return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+ROOT = _root()
 
 
 def asset(*parts: str) -> Path:
-    """A file or folder of the installed `benchmarks` package, e.g. asset("presets", "tiny.yaml")."""
+    """A file or folder of kdbench's assets (the repository's benchmarks/), e.g. asset("presets", "tiny.yaml")."""
     return ROOT.joinpath(*parts)
 
 

@@ -1,4 +1,4 @@
-"""The budget study's report (benchmarks/budget_study.py): tables, CSV and findings computed by hand on
+"""The budget study's report (studies/budget_study.py): tables, CSV and findings computed by hand on
 made-up rows, and the committed report regenerated from the committed records."""
 
 import json
@@ -7,8 +7,8 @@ import pytest
 
 from kdbench.leaderboard import collect
 
-from benchmarks import budget_items as bi
-from benchmarks import budget_study as bs
+from studies import budget_items as bi
+from studies import budget_study as bs
 
 
 def row(pair, method, budget, seed, top1, teacher=None):

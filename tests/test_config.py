@@ -502,13 +502,23 @@ def test_from_dict_ignores_models_and_checks_values():
 
 # ----------------------------------------------------------------------------- package data
 
+def test_no_top_level_benchmarks_package_is_installed():
+    """The assets are installed as data of kdbench (`kdbench.benchmarks`): outside the repository no
+    package named `benchmarks` comes with kdbench."""
+    out = subprocess.run([sys.executable, "-c", "import importlib.util, kdbench.assets as a; "
+                          "print(importlib.util.find_spec('benchmarks') is None, (a.ROOT / 'presets' / 'tiny.yaml').is_file())"],
+                         cwd="/", capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
+
+
 def test_presets_are_not_shadowed_by_a_benchmarks_folder_in_the_working_directory(tmp_path):
     (tmp_path / "benchmarks" / "presets").mkdir(parents=True)
     (tmp_path / "benchmarks" / "__init__.py").write_text("")
     code = ("from kdbench.config import load_preset, preset_names; from kdbench.grid import pair_sets; "
             "import benchmarks; assert benchmarks.__file__.startswith(%r), benchmarks.__file__; "
+            "import kdbench.assets; assert not str(kdbench.assets.ROOT).startswith(%r); "
             "assert {'smoke', 'tiny'} <= set(preset_names()); assert load_preset('tiny').name == 'tiny'; "
-            "assert len(pair_sets()['all']) == 12; print('ok')" % str(tmp_path))
+            "assert len(pair_sets()['all']) == 12; print('ok')" % (str(tmp_path), str(tmp_path)))
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(root)]))}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -144,7 +144,7 @@ def test_plan_projects_flops_and_hours(tmp_path, capsys):
 @pytest.mark.parametrize("stem", ["dry-run-paper-cpu", "dry-run-imagenet-cpu", "plan-paper", "plan-imagenet"])
 def test_committed_tables_are_rendered_from_their_json(stem):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.paper_dry_run import render
+    from studies.paper_dry_run import render
     data = json.loads((ROOT / "benchmarks" / "results" / f"{stem}.json").read_text())
     assert (ROOT / "benchmarks" / "results" / f"{stem}.md").read_text() == render(data) + "\n"
     if stem.startswith("dry-run"):

@@ -337,9 +337,9 @@ def test_same_conv_skipping_padding_taps_is_exact(size, groups):
 
 
 def test_pat_breakdown_switches_the_parts_on_one_at_a_time(capsys, tmp_path):
-    """benchmarks/pat_breakdown.py: each variant adds modules (more extra parameters) and the
+    """studies/pat_breakdown.py: each variant adds modules (more extra parameters) and the
     per-part increments add up to PAT's total ratio to KD."""
-    from benchmarks.pat_breakdown import main as breakdown
+    from studies.pat_breakdown import main as breakdown
     out = tmp_path / "breakdown.json"
     assert breakdown(["--preset", "smoke", "--pair", "kdbench_vit_s_xs:kdbench_resnet18_xs", "--steps", "1",
                       "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0

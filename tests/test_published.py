@@ -110,7 +110,7 @@ GENERATED_TABLES = sorted((ROOT / "benchmarks" / "results" / "performance").glob
 @pytest.mark.parametrize("path", GENERATED_TABLES, ids=[p.stem for p in GENERATED_TABLES])
 def test_committed_overhead_and_savings_tables_are_generated_from_their_json(path):
     """Issue 18: the bench, harness-overhead, PAT-savings and CPU-settings tables are their JSON rows, rendered."""
-    from benchmarks import cpu_settings, pat_flops, pat_savings
+    from studies import cpu_settings, pat_flops, pat_savings
     from kdbench.bench_overhead import format_overhead
     rows = json.loads(path.read_text())
     from kdbench.bench import format_rows

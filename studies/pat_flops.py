@@ -1,10 +1,10 @@
 """PAT's step against KD's in work, not time: training FLOPs per image of each of PAT's parts (issue 18).
 
-    python -m benchmarks.pat_flops [--preset tiny] [--pair T:S ...] [--bench FILE] [--json FILE]
+    python -m studies.pat_flops [--preset tiny] [--pair T:S ...] [--bench FILE] [--json FILE]
 
 For each pair, the training FLOPs per image (forward + backward, teacher included; kdbench.flops) of
 KD and of PAT with its parts switched on one at a time, cumulatively (the variants of
-benchmarks/pat_breakdown.py: RAA + aligners + HCL, + the prompted teacher pass, + the feedback fusion
+studies/pat_breakdown.py: RAA + aligners + HCL, + the prompted teacher pass, + the feedback fusion
 blocks = PAT as configured). `--bench` names a committed `kdbench bench --json` file with both
 distillers' rows for the pair: its PAT/KD step-time ratio and utilisations go beside the FLOP ratio.
 At equal utilisation the time ratio is the work ratio, so a time ratio of 2 needs PAT's work cut by

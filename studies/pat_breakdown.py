@@ -1,6 +1,6 @@
 """What PAT's step costs beyond KD's, part by part, by switching its parts on one at a time.
 
-    python benchmarks/pat_breakdown.py [--preset tiny] [--pair T:S ...] [--steps 12] [--repeats 3]
+    python studies/pat_breakdown.py [--preset tiny] [--pair T:S ...] [--steps 12] [--repeats 3]
 
 Each variant is timed by `kdbench bench` next to `kd` on the same pair in the same process, and
 the median over repeats of the step-time ratio to KD is reported (ratios drift less than raw

@@ -3,7 +3,7 @@ official formats stand in for them (CIFAR-100 in torchvision's python format, an
 tree, randomly initialised teachers saved as timm 0.6 CheckpointSaver files under the names the presets
 expect), then `kdbench run --dry-run` over the whole grid and `kdbench plan` for its cost.
 
-    python benchmarks/paper_dry_run.py OUT_DIR [--batch-size 8] [--which paper,imagenet] [--commit]
+    python studies/paper_dry_run.py OUT_DIR [--batch-size 8] [--which paper,imagenet] [--commit]
 
 --commit copies the tables to benchmarks/results/ (dry-run-<preset>-cpu.{md,json}, plan-<preset>.{md,json}).
 """
@@ -26,7 +26,7 @@ from kdbench.models import create_model
 from kdbench.official_files import timm_checkpoint, write_cifar100, write_imagenet
 from kdbench.plan import format_plan
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 GRIDS = {"paper": ("all", "all"), "imagenet": ("imagenet", "kd,ofa,pat")}
 
 

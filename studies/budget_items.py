@@ -4,7 +4,7 @@ from the corrected PAT on ConvNeXt-T -> DeiT-T at the tiny budget (6 points at 1
 One grid per behaviour (`runs/pat-items-b1/<item>`): PAT corrected with only that behaviour of the
 official code turned on (`--set distiller.faithful_items=[<item>]`, docs/pat.md); then one grid per
 behaviour that acts on this pair with every behaviour but that one (`runs/pat-items-b1/all-but-<item>`).
-2 seeds, on the study's teacher cache. Run and reported by benchmarks/budget_study.py (`run`, `report`).
+2 seeds, on the study's teacher cache. Run and reported by studies/budget_study.py (`run`, `report`).
 """
 
 import statistics

@@ -1,6 +1,6 @@
 """CPU thread and allocator settings for the tiny grid (issue 18), measured rather than assumed.
 
-    python -m benchmarks.cpu_settings [--steps 20] [--repeats 2] [--settings default,tcmalloc] [--json FILE]
+    python -m studies.cpu_settings [--steps 20] [--repeats 2] [--settings default,tcmalloc] [--json FILE]
 
 Each setting runs `kdbench bench` (tiny preset, KD and PAT on two pairs) in a fresh process with its
 environment; settings alternate over `--repeats` rounds and the median step time per row counts.

@@ -1,6 +1,6 @@
 """PAT's exact savings (issue 18), each measured alone and together, by `kdbench bench`.
 
-    python -m benchmarks.pat_savings [--preset paper] [--pair T:S ...] [--steps 5] [--batch-size 8]
+    python -m studies.pat_savings [--preset paper] [--pair T:S ...] [--steps 5] [--batch-size 8]
                                      [--set KEY=VALUE ...] [--json FILE]
 
 Variants (all compute the same losses and gradients; tests/test_pat_savings.py and

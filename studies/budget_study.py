@@ -7,8 +7,8 @@ warm-ups scaled, the same 8k-image subset) x 2 seeds. One kdbench output folder 
 preset's teachers, trained once by the study, since the tiny leaderboard commits their manifests but
 not their weights). `run` goes on under tcmalloc where `kdbench run` would (kdbench/launch.py).
 
-    python -m benchmarks.budget_study run [--budgets 1,4,16] [--no-mixer] [--no-items]   # resumable
-    python -m benchmarks.budget_study report                   # table, CSV, plot, README block
+    python -m studies.budget_study run [--budgets 1,4,16] [--no-mixer] [--no-items]   # resumable
+    python -m studies.budget_study report                   # table, CSV, plot, README block
 
 `report` reads only finished records, so it can be run while the study is under way; every number
 in the README's generated block comes from the committed records (tests/test_budget_study.py
@@ -24,10 +24,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from benchmarks import budget_items
+from studies import budget_items
 
-ROOT = Path(__file__).resolve().parent / "results" / "budget"
-TINY_RUNS = Path(__file__).resolve().parent / "results" / "tiny" / "runs"     # the tiny leaderboard's records
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+ROOT = RESULTS / "budget"
+TINY_RUNS = RESULTS / "tiny" / "runs"     # the tiny leaderboard's records
 PAIRS = ("convnext_tiny:deit_tiny_patch16_224", "swin_tiny_patch4_window7_224:resnet18")
 METHODS = ("vanilla", "kd", "ofa", "pat", "pat-faithful")
 BUDGETS = (1, 4, 16)
@@ -73,7 +74,7 @@ def _grid(root: Path, out: Path, pairs, methods, budget, overrides=()) -> int:
 def run(root: Path = ROOT, budgets=BUDGETS, mixer: bool = True, items: bool = True) -> int:
     """Run (or resume) the study: the Mixer-teacher grid (FitNet's raw vs standardised target at 1x,
     a few minutes), one grid per budget and pair, then PAT's official behaviours one at a time
-    (benchmarks/budget_items.py), all on one shared teacher cache."""
+    (studies/budget_items.py), all on one shared teacher cache."""
     grids = [(root / "runs" / MIXER_GRID, MIXER_PAIRS, MIXER_METHODS, 1)] if mixer else []
     grids += [(budget_dir(root, b), [pair], methods, b) for b in budgets for pair, methods in plan(b)]
     for out, pairs, methods, budget in grids:
@@ -153,7 +154,7 @@ def table_md(data: List[Dict]) -> str:
         return "No finished runs yet.\n"
     lines.append("Finished runs: " + ", ".join(
         f"{b:g}×: {sum(r['budget'] == b for r in data)} of {SEEDS * sum(len(m) for _, m in plan(b))}"
-        for b in BUDGETS) + " (the study's plan: `plan` in benchmarks/budget_study.py).\n")
+        for b in BUDGETS) + " (the study's plan: `plan` in studies/budget_study.py).\n")
     lines.append(_time_line(data))
     found = findings(data)
     return "\n".join(lines) + ("\nFindings (generated from the records; a gap is a difference of seed means, "
@@ -342,7 +343,7 @@ def csv_rows(root: Path = ROOT) -> List[Dict]:
 
 
 def items_md(root: Path = ROOT) -> str:
-    """The ablation's table (benchmarks/budget_items.py) against the 1x grid's PAT and PAT (official)."""
+    """The ablation's table (studies/budget_items.py) against the 1x grid's PAT and PAT (official)."""
     return budget_items.items_md(budget_items.rows(root, _rows), _rows(budget_dir(root, 1), 1))
 
 
@@ -373,7 +374,7 @@ def report(root: Path = ROOT) -> List[Path]:
 
 def main(argv=None) -> int:
     from kdbench.launch import reexec_under_tcmalloc
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.budget_study", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.budget_study", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     parser.add_argument("--root", type=Path, default=ROOT)
