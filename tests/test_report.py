@@ -449,3 +449,24 @@ def test_a_table_that_mixes_allocators_says_so(runs):
                                                        versions={"malloc": "tcmalloc"}))
     assert ("Wall times and memory mix memory allocators: 38 runs under system, 1 run under tcmalloc"
             in render(collect(runs), "md"))
+
+
+def test_from_scratch_runs_once_per_student_and_serves_each_of_its_pairs(tmp_path):
+    """Issue 29: From scratch depends only on the student. Vanilla run on Swin-T -> ResNet18 only serves
+    ViT-S -> ResNet18 too (its own per-pair test against KD there), and the runs are counted once."""
+    vit_r18 = ("kdbench_vit_s_s", "kdbench_resnet18_s")
+    for pair, kd in ((SWIN_R18, [73.0, 74.5, 75.0]), (vit_r18, [71.0, 72.0, 74.0])):
+        for seed, v in enumerate(kd):
+            write(tmp_path, "tiny", pair, "kd", seed, record("tiny", pair, "kd", seed, v))
+    for seed, v in enumerate([70.0, 71.0, 72.0]):
+        write(tmp_path, "tiny", SWIN_R18, "vanilla", seed, record("tiny", SWIN_R18, "vanilla", seed, v))
+    t = collect(tmp_path)
+    own, shared = cell(t, SWIN_R18, "vanilla"), cell(t, vit_r18, "vanilla")
+    assert own.shared_from is None and shared.shared_from == "kdbench_swin_t_s → kdbench_resnet18_s"
+    assert shared.values == own.values and shared.mean == 71.0
+    assert shared.comparison.diff == pytest.approx(71.0 - (71.0 + 72.0 + 74.0) / 3)    # against that pair's KD
+    assert own.comparison.diff == pytest.approx(71.0 - (73.0 + 74.5 + 75.0) / 3)
+    assert t.gains["kd"]["pairs"] == 2
+    findings = render(t, "findings")
+    assert "Coverage: 9 finished runs" in findings                        # 6 KD + 3 From scratch, not 12
+    assert "ran once per student: 1 pair(s) take the From-scratch runs" in render(t, "md")

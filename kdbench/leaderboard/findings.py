@@ -184,7 +184,7 @@ def _cells(table: Table) -> List[str]:
 
 
 def _coverage(table: Table) -> List[str]:
-    runs = sum(c.summary.n for r in table.rows for c in r.cells.values())
+    runs = sum(c.summary.n for r in table.rows for c in r.cells.values() if c.shared_from is None)   # shared: once
     seeds = max((c.summary.n for r in table.rows for c in r.cells.values()), default=0)
     full = [r for r in table.rows if all(d in r.cells and r.cells[d].summary.n == seeds for d in table.distillers)]
     text = (f"Coverage: {runs} finished runs; {len(full)} of {len(table.rows)} pairs have all {len(table.distillers)} "

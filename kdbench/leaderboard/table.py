@@ -5,6 +5,7 @@ and computes every statistic; `kdbench.render` (text formats) and `kdbench.plots
 format a Table. `kdbench.leaderboard.command` is the `kdbench leaderboard` command.
 """
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -54,6 +55,7 @@ class Cell:
     published: Optional[float] = None
     published_src: Optional[str] = None
     best_in_row: bool = False
+    shared_from: Optional[str] = None   # From scratch: the pair whose runs this pair shares (same student)
 
     @property
     def mean(self):
@@ -182,6 +184,7 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
             problems.append({"status": problem[0], "dir": str(d.relative_to(root)), "error": problem[1]})
     rows_sorted = sorted(rows.values(), key=lambda r: (order.get((r.teacher, r.student), (len(order),))[0],
                                                        r.teacher, r.student))
+    shared = _share_from_scratch(rows_sorted)
     names = sorted({d for r in rows_sorted for d in r.cells},
                    key=lambda d: (FIRST.index(d) if d in FIRST else len(FIRST), d))
     if reference is None:
@@ -194,6 +197,9 @@ def collect(out_dir, preset: Optional[str] = None, reference: Optional[str] = No
                          "one leaderboard ranks one metric")
     table = Table(str(root), preset, ", ".join(sorted(str(x) for x in datasets)) or None, reference, names,
                   rows_sorted, problems, metric=next(iter(metrics), "top1"))
+    if shared:
+        table.notes.append(f"From scratch depends only on the student and ran once per student: {shared} pair(s) "
+                           "take the From-scratch runs of the pair with the same student (counted once).")
     _compute(table)
     _attach_published(table)
     if len(allocators) > 1:
@@ -325,6 +331,24 @@ def model_display(name: str) -> str:
 def method_display(name: str) -> str:
     """A distiller's `display_name`, else its registry name (also for distillers not loaded)."""
     return (getattr(DISTILLERS.get(name), "display_name", "") or name) if name in DISTILLERS else name
+
+
+def _share_from_scratch(rows: List[Row]) -> int:
+    """From scratch depends only on the student: a pair without From-scratch runs of its own takes those
+    of the first pair (in order) with the same student, as a copy of the cell (its per-pair tests are its
+    own) marked `shared_from`. Returns how many pairs took them."""
+    donors = {}
+    for row in rows:
+        cell = row.cells.get(BASELINE)
+        if cell is not None and cell.values and cell.shared_from is None:
+            donors.setdefault(row.student, (row, cell))
+    taken = 0
+    for row in rows:
+        if BASELINE not in row.cells and row.student in donors:
+            donor_row, cell = donors[row.student]
+            row.cells[BASELINE] = dataclasses.replace(cell, shared_from=donor_row.label, comparison=None)
+            taken += 1
+    return taken
 
 
 def _attach_published(table: Table):
