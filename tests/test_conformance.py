@@ -255,6 +255,7 @@ def test_set_reaches_the_config(name, task):
     check_set_reaches_the_config(name, task)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", DISTILLERS.names("classification"))
 def test_finite_losses_on_every_layout(name, layout):
