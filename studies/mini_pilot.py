@@ -51,14 +51,14 @@ def stages() -> List[Tuple[str, str, List[str]]]:
                 "--seeds", seeds, *sets]
     return [
         ("teachers", "a", ["teach", "--preset", PRESET, "--pairs", "all"]),
-        ("a-scratch", "a", run("a", "vanilla", SCRATCH_PAIRS, "0")),          # one seed on every pair first,
-        ("a-kd", "a", run("a", "kd", ALL_PAIRS, "0")),                        # so that a partial pilot covers them
+        ("a-scratch", "a", run("a", "vanilla", SCRATCH_PAIRS, "0,")),         # one seed on every pair first,
+        ("a-kd", "a", run("a", "kd", ALL_PAIRS, "0,")),                       # so that a partial pilot covers them
         ("a-scratch-seeds", "a", run("a", "vanilla", SCRATCH_PAIRS, "0,1,2")),
         ("a-kd-seeds", "a", run("a", "kd", ALL_PAIRS, "0,1,2")),
         ("a-order", "a", run("a", "vanilla,ofa,pat", ORDER_PAIRS, "0,1")),
-        ("a-cost", "a", run("a", ",".join(COST_COLUMNS), ORDER_PAIRS[:1], "0")),
+        ("a-cost", "a", run("a", ",".join(COST_COLUMNS), ORDER_PAIRS[:1], "0,")),
         ("a2-order", "a2", run("a2", "vanilla,kd,ofa,pat", ORDER_PAIRS, "0,1")),
-        ("noise", "noise", run("noise", "vanilla,kd", ORDER_PAIRS, "0")),
+        ("noise", "noise", run("noise", "vanilla,kd", ORDER_PAIRS, "0,")),
         ("b-scratch", "b", run("b", "vanilla", SCRATCH_PAIRS, "0,1,2")),
         ("b-kd", "b", run("b", "kd", ALL_PAIRS, "0,1,2")),
     ]

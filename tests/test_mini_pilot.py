@@ -39,6 +39,10 @@ def test_verdicts_count_each_criterion_by_hand():
 def test_the_pilot_plan_runs_from_scratch_once_per_student():
     students = [p.split(":")[1] for p in mini_pilot.SCRATCH_PAIRS]
     assert sorted(students) == sorted({p.split(":")[1] for p in mini_pilot.ALL_PAIRS}) and len(students) == 5
+    from kdbench.grid import parse_seeds
+    for _, _, args in mini_pilot.stages():          # every stage's seeds parse as kdbench parses them
+        if "--seeds" in args:
+            assert parse_seeds(args[args.index("--seeds") + 1])
     names = [name for name, _, _ in mini_pilot.stages()]
     assert names[0] == "teachers" and names.index("a-kd") < names.index("a-kd-seeds") < names.index("a2-order") < names.index("b-kd")
 
