@@ -63,7 +63,7 @@ step() {    # step NAME LIMIT_S COMMAND...: run it, keep its output and log, rec
 
 # Limits (s) keep the whole check under 10 minutes; a step cut short keeps its finished cells.
 step probe 60 python "$HERE/gpu_check.py" probe "$OUT" "$DEVICE"
-step plan 60 python -m kdbench plan "${PAPER[@]}" --distiller kd,ofa,pat --seeds 1 --json-out "$OUT/plan.json"
+step plan 60 python -m kdbench plan "${PAPER[@]}" --distiller kd,ofa,pat,pat-faithful --seeds 1 --json-out "$OUT/plan.json"
 step dry-eager 80 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller kd,ofa,pat \
   --device "$DEVICE" --out "$OUT/dry-eager"
 step dry-compile 150 python -m kdbench run --dry-run --dry-steps "$DRY_STEPS" "${PAPER[@]}" --distiller kd,ofa,pat \

@@ -169,7 +169,7 @@ def test_gpu_check_cpu_self_test(tmp_path):
     assert {m: modes.count(m) for m in set(modes)} == {"eager": 6, "compile": 6, "fused": 2, "faithful": 2,
                                                        "faithful-compile": 2, "heaviest": 1}
     assert all(c["status"] == "done" for c in result["dry_run"])
-    assert all(c["utilisation"] > 0 for c in result["dry_run"] if c["mode"] != "heaviest")
+    assert all(c["utilisation"] > 0 for c in result["dry_run"] if c["mode"] != "heaviest")   # the plan's cells
     assert result["boxes"]["ok"] and result["boxes"]["proposals"] == ["float32"]
     assert [r["distiller"] for r in result["overhead"]] == ["kd"] and result["overhead"][0]["engine_over_bare"] > 0
     assert "verified" in (out / "teach-twice.log").read_text()             # the second teach re-verified

@@ -95,13 +95,13 @@ TWO_TEACHERS = PAIR + ",kdbench_convnext_t_xs:kdbench_deit_t_xs"
 def test_cells_of_a_teacher_in_training_elsewhere_wait_behind_the_others(smoke_out, capsys, monkeypatch):
     """While another process trains the first teacher, the grid runs the second teacher's cells first
     (then comes back; here the other process is gone by then). The teachers are the session's."""
-    import kdbench.teachers as teachers
+    from kdbench.executors import local
     checked = []
 
     def in_use(out, preset, teacher):
         checked.append(teacher)
         return teacher == "kdbench_vit_s_xs" and checked.count(teacher) <= 2     # busy for a while
-    monkeypatch.setattr(teachers, "teacher_in_use", in_use)
+    monkeypatch.setattr(local, "teacher_in_use", in_use)       # the name the executor calls
     code = main(["run", "--distiller", "kd", "--pairs", TWO_TEACHERS, "--preset", "smoke", "--seeds", "2",
                  "--out", str(smoke_out(TWO_TEACHERS))])
     err = capsys.readouterr().err
