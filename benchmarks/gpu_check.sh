@@ -34,7 +34,7 @@ if [ "$MODE" = "--tiny" ]; then
   PAPER=(--preset smoke --pairs "$PAIRS" --set recipe.batch_size=16)
   TINY=(--preset smoke --pairs swin_tiny_patch4_window7_224:resnet18)
   HEAVY=(--preset smoke --pairs mixer_b16_224:resnet18 --set recipe.batch_size=16)
-  DET=(--preset det-smoke --pairs det --set recipe.epochs=1)
+  DET=(--preset det-smoke --pairs det --set recipe.epochs=1 --set teacher.cnn.epochs=1 --set teacher.vit_mlp.epochs=1)
   OVER=(--preset smoke --pair swin_tiny_patch4_window7_224:resnet18)
   DRY_STEPS=2
   export TORCH_COMPILE_DISABLE=1      # the self-test checks the command lines, not inductor's C++ build
