@@ -81,7 +81,6 @@ class CRD(Distiller):
         super().__init__(student, teacher, cfg, **kwargs)
         self.embed_s = Embed(student.num_features, cfg.feat_dim)
         self.embed_t = Embed(teacher.num_features, cfg.feat_dim)
-        self.num_data = 0          # = training_set_size, once bound
 
     def bind_training_set(self, labels: torch.Tensor):
         """The bank (uniform in ±1/sqrt(feat_dim / 3), as the official init) and the class index that
@@ -91,7 +90,6 @@ class CRD(Distiller):
         n, dim = len(labels), self.cfg.feat_dim
         device = self.embed_s.linear.weight.device
         stdv = 1.0 / math.sqrt(dim / 3)
-        self.num_data = n
         self.register_buffer("memory_s", (torch.rand(n, dim, device=device) * 2 - 1) * stdv)
         self.register_buffer("memory_t", (torch.rand(n, dim, device=device) * 2 - 1) * stdv)
         self.register_buffer("z", torch.full((2,), -1.0, device=device))
@@ -110,11 +108,11 @@ class CRD(Distiller):
         replacement (the official `CIFAR100InstanceSample`, mode "exact"), from the global RNG."""
         y = self.sample_label[index]
         start, count = self.class_start[y][:, None], self.class_count[y][:, None]
-        u = (torch.rand(len(index), self.cfg.num_negatives, device=index.device) * (self.num_data - count)).long()
+        u = (torch.rand(len(index), self.cfg.num_negatives, device=index.device) * (self.training_set_size - count)).long()
         return self.by_class[torch.where(u < start, u, u + count)]
 
     def forward(self, images, labels, index=None):
-        if index is None or not self.num_data:
+        if index is None or not self.training_set_size:
             raise RuntimeError("CRD needs each sample's dataset index (`index=`) after `bind_training_set`")
         logits, feature = self.student.pooled(images)
         with torch.no_grad():
@@ -126,9 +124,10 @@ class CRD(Distiller):
             out_s = torch.exp(torch.bmm(self.memory_t[rows], f_s[:, :, None]).squeeze(2) / t)
             out_t = torch.exp(torch.bmm(self.memory_s[rows], f_t[:, :, None]).squeeze(2) / t)
         with torch.no_grad():       # the constants are set once, from the first batch, without a host sync
-            first = torch.stack([out_s.mean(), out_t.mean()]) * self.num_data
+            first = torch.stack([out_s.mean(), out_t.mean()]) * self.training_set_size
             self.z.copy_(torch.where(self.z < 0, first, self.z))
-        loss = nce_loss(out_s / self.z[0], self.num_data) + nce_loss(out_t / self.z[1], self.num_data)
+        n = self.training_set_size
+        loss = nce_loss(out_s / self.z[0], n) + nce_loss(out_t / self.z[1], n)
         self._update_memory(index, f_s.detach(), f_t.detach())
         return DistillOutput(logits, {"gt": self.gt_loss(logits, labels), "crd": self.cfg.crd_weight * loss})
 

@@ -41,8 +41,7 @@ def build_distiller(run: RunConfig, *, num_classes: int, in_chans: int, img_size
                     num_classes=num_classes, criterion=make_criterion(run.recipe.label_smoothing))
     distiller.to(device)
     for fm in (student, distiller.teacher):
-        if isinstance(fm, FeatureModel) and run.recipe.channels_last and fm.family.channels_last:
-            fm.to(memory_format=torch.channels_last)
+        to_training_layout(fm, run)
     return distiller
 
 
@@ -66,3 +65,10 @@ def sample_inputs(distiller, batch_size: int, device, step: int = 0) -> dict:
 
 def _device_of(module) -> torch.device:
     return next(module.parameters()).device
+
+
+def to_training_layout(model, run: RunConfig):
+    """channels_last where the recipe and the model's family want it: the layout a run trains and
+    scores in (a re-verified teacher is scored in it again)."""
+    if isinstance(model, FeatureModel) and run.recipe.channels_last and model.family.channels_last:
+        model.to(memory_format=torch.channels_last)

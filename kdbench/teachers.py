@@ -15,6 +15,7 @@ from .checkpoints import read_weights
 from .config import Preset, RecipeConfig, RunConfig, TeacherConfig
 from .context import LOCAL, RunContext
 from .data import DataConfig
+from .assembly import to_training_layout
 from .engine import Trainer, autocast_for
 from .errors import UsageError
 from .locks import RunLock
@@ -104,8 +105,7 @@ def _get_teacher(preset, teacher, data, tcfg, *, out, device, context, verify, s
         fm.load_deployable_state(torch.load(tdir / WEIGHTS, map_location=device, weights_only=True))
         fm.eval().requires_grad_(False)
         if verify:
-            if run.recipe.channels_last and getattr(fm, "family", None) is not None and fm.family.channels_last:
-                fm.to(memory_format=torch.channels_last)      # the layout it was scored in at training time
+            to_training_layout(fm, run)      # the layout it was scored in at training time
             top1 = task_of(run.task).evaluate(fm, eval_loader, device, autocast_for(run.precision, device))[run.metric]
             tolerance = verification_tolerance(run.task, run.precision, device, info.num_test)
             if abs(top1 - manifest.top1) > tolerance:
